@@ -1,0 +1,267 @@
+"""Log-mel features: the one implementation used by training, evaluation, replay and the daemon.
+
+DCASE 2020 Task 2 settings by default (16 kHz, n_fft 1024, hop 512, 128 mels, 5 stacked frames),
+periodic Hann window, Slaney mel scale with Slaney area normalisation (librosa's defaults), power
+spectrum, and ``10·log10(mel + 2.2e-16)``. Frames are "valid" frames: frame ``i`` covers samples
+``[i·hop, i·hop + n_fft)`` with no centre padding, so a stream cut into any blocks and the whole
+file give the same frames.
+
+``log_mel`` (whole signals) and ``StreamingLogMel`` (blocks) both end in ``_FrameKernel``, so the
+batch and the streaming path cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import scipy.fft
+
+from .errors import FeatureError
+
+LOG_OFFSET = 2.2e-16
+"""Added to the mel power before the log (the DCASE baseline's ``sys.float_info.epsilon``)."""
+
+_CHUNK_FRAMES = 2048
+"""Frames computed per FFT call in ``log_mel``: bounds the temporary memory for long signals."""
+
+
+@dataclass(frozen=True)
+class FeatureParams:
+    """Feature parameters; a model bundle's manifest records them and the runtime must match."""
+
+    sample_rate: int = 16000
+    n_fft: int = 1024
+    hop_length: int = 512
+    n_mels: int = 128
+    fmin: float = 0.0
+    fmax: float | None = None  # None: sample_rate / 2 (stored as that number, so equal sets compare equal)
+    power: float = 2.0
+    frames: int = 5
+
+    def __post_init__(self) -> None:
+        def bad(field: str, why: str) -> FeatureError:
+            return FeatureError(f"features.{field}: {why}, got {getattr(self, field)!r}")
+
+        for name in ("sample_rate", "n_fft", "hop_length", "n_mels", "frames"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise bad(name, "expected a positive integer")
+        for name in ("fmin", "fmax", "power"):
+            value = getattr(self, name)
+            if not (value is None and name == "fmax") and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value)
+            ):
+                raise bad(name, "expected a number")
+        if self.hop_length > self.n_fft:
+            raise bad("hop_length", f"must not exceed n_fft ({self.n_fft})")
+        if self.n_fft % 2:
+            raise bad("n_fft", "expected an even FFT size")
+        if self.fmax is not None and not (self.fmin < self.fmax <= self.sample_rate / 2):
+            raise bad("fmax", f"expected fmin < fmax <= sample_rate/2 ({self.sample_rate / 2})")
+        if not 0 <= self.fmin < self.sample_rate / 2:
+            raise bad("fmin", f"expected 0 <= fmin < sample_rate/2 ({self.sample_rate / 2})")
+        if self.power not in (1.0, 2.0):
+            raise bad("power", "expected 1.0 (magnitude) or 2.0 (power)")
+        object.__setattr__(self, "fmin", float(self.fmin))
+        object.__setattr__(self, "fmax", float(self.sample_rate) / 2 if self.fmax is None else float(self.fmax))
+
+    @property
+    def f_max(self) -> float:
+        return float(self.fmax)  # never None after __post_init__
+
+    @property
+    def window_size(self) -> int:
+        """Length of one model input: ``frames · n_mels``."""
+        return self.frames * self.n_mels
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FeatureParams:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise FeatureError(f"features: unknown parameter(s) {', '.join(unknown)}")
+        return cls(**data)
+
+
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney's Auditory Toolbox mel scale: linear below 1 kHz, logarithmic above."""
+    hz = np.asarray(hz, dtype=np.float64)
+    f_sp = 200.0 / 3
+    min_log_hz = 1000.0
+    min_log_mel = min_log_hz / f_sp
+    logstep = np.log(6.4) / 27.0
+    return np.where(hz >= min_log_hz, min_log_mel + np.log(np.maximum(hz, min_log_hz) / min_log_hz) / logstep, hz / f_sp)
+
+
+def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    mel = np.asarray(mel, dtype=np.float64)
+    f_sp = 200.0 / 3
+    min_log_hz = 1000.0
+    min_log_mel = min_log_hz / f_sp
+    logstep = np.log(6.4) / 27.0
+    return np.where(mel >= min_log_mel, min_log_hz * np.exp(logstep * (mel - min_log_mel)), f_sp * mel)
+
+
+def mel_band_edges(params: FeatureParams) -> np.ndarray:
+    """The ``n_mels + 2`` corner frequencies (Hz) of the triangular filters; band i spans [i, i+2]."""
+    mels = np.linspace(_hz_to_mel(params.fmin), _hz_to_mel(params.f_max), params.n_mels + 2)
+    return _mel_to_hz(mels)
+
+
+@lru_cache(maxsize=8)
+def mel_filterbank(params: FeatureParams) -> np.ndarray:
+    """Slaney-normalised triangular mel filters, shape ``(n_fft//2 + 1, n_mels)``, float32 (read-only)."""
+    fft_freqs = np.linspace(0, params.sample_rate / 2, params.n_fft // 2 + 1)
+    edges = mel_band_edges(params)
+    widths = np.diff(edges)
+    ramps = edges[:, None] - fft_freqs[None, :]
+    lower = -ramps[:-2] / widths[:-1, None]
+    upper = ramps[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    weights *= (2.0 / (edges[2:] - edges[:-2]))[:, None]
+    out = np.ascontiguousarray(weights.T, dtype=np.float32)
+    out.flags.writeable = False
+    return out
+
+
+@lru_cache(maxsize=8)
+def _hann(n_fft: int) -> np.ndarray:
+    window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)  # periodic Hann
+    window.flags.writeable = False
+    return window
+
+
+class _FrameKernel:
+    """Frames of samples → log-mel rows. The one place where the spectrum and the log are computed."""
+
+    def __init__(self, params: FeatureParams):
+        self.params = params
+        self.window = _hann(params.n_fft)
+        self.mel = mel_filterbank(params)
+
+    def __call__(self, frames: np.ndarray, out: np.ndarray) -> None:
+        """``frames``: (k, n_fft) float32 samples (a strided view is fine); writes (k, n_mels) into ``out``.
+
+        Single precision throughout, as librosa computes it: twice as fast as double on a Pi and
+        far inside the 0.01 dB agreement with librosa the tests demand.
+        """
+        spectrum = scipy.fft.rfft(frames * self.window, n=self.params.n_fft, axis=1)  # float32 → complex64
+        mag = np.abs(spectrum)
+        if self.params.power == 2.0:
+            np.square(mag, out=mag)
+        np.matmul(mag, self.mel, out=out)
+        out += np.float32(LOG_OFFSET)
+        np.log10(out, out=out)
+        out *= np.float32(10.0)
+
+
+def _check_finite(samples: np.ndarray, where: str) -> None:
+    if not np.isfinite(samples).all():
+        index = int(np.flatnonzero(~np.isfinite(samples))[0])
+        raise FeatureError(
+            f"{where}: sample {index} is {samples[index]!r}; audio must be finite — check the source or file"
+        )
+
+
+def _as_mono(samples: np.ndarray, where: str) -> np.ndarray:
+    samples = np.asarray(samples)
+    if samples.ndim != 1:
+        raise FeatureError(f"{where}: expected mono samples (1-D array), got shape {samples.shape}; pick one channel")
+    if not np.issubdtype(samples.dtype, np.floating):
+        raise FeatureError(f"{where}: expected float samples in [-1, 1], got dtype {samples.dtype}")
+    return samples
+
+
+def n_frames(n_samples: int, params: FeatureParams) -> int:
+    """Number of valid frames in a signal of ``n_samples`` samples."""
+    return 0 if n_samples < params.n_fft else 1 + (n_samples - params.n_fft) // params.hop_length
+
+
+def log_mel(samples: np.ndarray, params: FeatureParams = FeatureParams()) -> np.ndarray:
+    """Log-mel spectrogram of a whole signal: float32 ``(n_frames, n_mels)``; 0 rows when shorter than n_fft."""
+    samples = _as_mono(samples, "log_mel").astype(np.float32, copy=False)
+    _check_finite(samples, "log_mel")
+    count = n_frames(len(samples), params)
+    out = np.empty((count, params.n_mels), dtype=np.float32)
+    if count == 0:
+        return out
+    frames = np.lib.stride_tricks.sliding_window_view(samples, params.n_fft)[:: params.hop_length][:count]
+    kernel = _FrameKernel(params)
+    for start in range(0, count, _CHUNK_FRAMES):
+        stop = min(start + _CHUNK_FRAMES, count)
+        kernel(frames[start:stop], out[start:stop])
+    return out
+
+
+class StreamingLogMel:
+    """Incremental log-mel: ``push(block)`` returns only the frames the new samples completed.
+
+    Keeps only the samples the next frame still needs (fewer than ``n_fft``) in a preallocated
+    buffer that grows only when a block larger than any before arrives. Gives the same frames as
+    ``log_mel`` on the concatenated blocks, for any block sizes.
+    """
+
+    def __init__(self, params: FeatureParams = FeatureParams(), initial_block: int = 4096):
+        self.params = params
+        self._kernel = _FrameKernel(params)
+        self._buf = np.zeros(params.n_fft + initial_block, dtype=np.float32)
+        self._out = np.empty((self._max_frames(len(self._buf)), params.n_mels), dtype=np.float32)
+        self._fill = 0  # samples held in _buf[:_fill], all after the start of the next frame
+        self.samples_seen = 0
+        self.frames_emitted = 0
+
+    def _max_frames(self, n_samples: int) -> int:
+        return max(1, n_frames(n_samples, self.params))
+
+    def reset(self) -> None:
+        """Forget the held samples (after a gap in the audio: frames must not straddle it)."""
+        self._fill = 0
+
+    def push(self, block: np.ndarray) -> np.ndarray:
+        """Feed samples; returns a ``(k, n_mels)`` view of the new frames, valid until the next push."""
+        block = _as_mono(block, "StreamingLogMel.push")
+        _check_finite(block, "StreamingLogMel.push")
+        need = self._fill + len(block)
+        if need > len(self._buf):
+            grown = np.zeros(max(need, 2 * len(self._buf)), dtype=np.float32)
+            grown[: self._fill] = self._buf[: self._fill]
+            self._buf = grown
+            self._out = np.empty((self._max_frames(len(grown)), self.params.n_mels), dtype=np.float32)
+        self._buf[self._fill : need] = block
+        self._fill = need
+        self.samples_seen += len(block)
+        count = n_frames(need, self.params)
+        if count == 0:
+            return self._out[:0]
+        hop = self.params.hop_length
+        frames = np.lib.stride_tricks.sliding_window_view(self._buf[:need], self.params.n_fft)[::hop][:count]
+        out = self._out[:count]
+        for start in range(0, count, _CHUNK_FRAMES):
+            stop = min(start + _CHUNK_FRAMES, count)
+            self._kernel(frames[start:stop], out[start:stop])
+        consumed = count * hop
+        self._fill = need - consumed
+        self._buf[: self._fill] = self._buf[consumed:need]
+        self.frames_emitted += count
+        return out
+
+
+def windows(frames: np.ndarray, params: FeatureParams = FeatureParams()) -> np.ndarray:
+    """Stack ``params.frames`` consecutive frames (stride 1), frame-major: ``(n_windows, frames·n_mels)``.
+
+    Row ``i`` is ``frames[i], frames[i+1], …`` concatenated — the DCASE 2020 baseline layout.
+    """
+    frames = np.asarray(frames, dtype=np.float32)
+    if frames.ndim != 2 or frames.shape[1] != params.n_mels:
+        raise FeatureError(f"windows: expected frames of shape (n, {params.n_mels}), got {frames.shape}")
+    count = frames.shape[0] - params.frames + 1
+    if count <= 0:
+        return np.empty((0, params.window_size), dtype=np.float32)
+    view = np.lib.stride_tricks.sliding_window_view(frames, (params.frames, params.n_mels))[:, 0]
+    return view.reshape(count, params.window_size)
