@@ -1,0 +1,31 @@
+"""structlog setup: human-readable lines on a terminal, JSON lines under systemd (journald) or on request."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import structlog
+
+
+def configure(fmt: str = "auto", level: str = "info") -> None:
+    """``fmt``: ``console``, ``json``, or ``auto`` (JSON when run by systemd, i.e. ``JOURNAL_STREAM`` is set)."""
+    if fmt == "auto":
+        fmt = "json" if os.environ.get("JOURNAL_STREAM") else "console"
+    renderer = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )

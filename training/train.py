@@ -1,0 +1,332 @@
+"""``edge-monitor train``: normal WAVs → one evaluated int8 TFLite bundle per machine id.
+
+Steps per machine id: features (cached) → split by clip into training and held-out clips →
+standardisation statistics from the training windows → autoencoder fit with early stopping on the
+held-out clips → int8 and float TFLite export → int8 clip scores of the held-out clips → gamma fit
+→ threshold at a quantile → manifest → self-check by loading the bundle with the edge interpreter →
+report. When the data set has labelled test clips for the id, they are evaluated too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import math
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.stats
+import structlog
+
+import edge_monitor
+from edge_monitor.audio import parse_channel
+from edge_monitor.errors import AudioError, UserError
+from edge_monitor.features import FeatureParams, windows
+from edge_monitor.model import (
+    FLOAT_MODEL_FILE,
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    SCORE_DEFINITION,
+    Bundle,
+    WindowScorer,
+    sha256_file,
+)
+
+from . import report
+from .data import Clip, FeatureCache, file_digest, find_test_clips, find_training_clips
+
+log = structlog.get_logger("edge_monitor.train")
+
+STD_FLOOR = 0.1  # dB; keeps near-constant bands from dominating the standardised error
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = 50
+    batch_size: int = 512
+    patience: int = 5
+    val_fraction: float = 0.1
+    min_val_clips: int = 3
+    quantile: float = 0.99
+    max_train_windows: int = 120_000
+    representative_windows: int = 2000
+    seed: int = 0
+    channel: int | str = 0
+    strict: bool = False
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", type=Path, help="DCASE root, machine type folder, or folder of normal WAVs")
+    parser.add_argument("--out", type=Path, required=True, help="folder that receives one bundle per machine id")
+    parser.add_argument("--machine", help="machine type (default: from the layout or the folder name)")
+    parser.add_argument("--id", dest="machine_id", help="machine id, e.g. id_00 (default: every id found)")
+    parser.add_argument("--epochs", type=int, default=TrainSettings.epochs, help="maximum epochs (early stopping)")
+    parser.add_argument("--batch-size", type=int, default=TrainSettings.batch_size)
+    parser.add_argument("--patience", type=int, default=TrainSettings.patience, help="early-stopping patience")
+    parser.add_argument("--val-fraction", type=float, default=TrainSettings.val_fraction,
+                        help="fraction of normal clips held out for early stopping and the threshold")
+    parser.add_argument("--quantile", type=float, default=TrainSettings.quantile,
+                        help="threshold = this quantile of the gamma fit to held-out clip scores")
+    parser.add_argument("--max-windows", type=int, default=TrainSettings.max_train_windows,
+                        help="cap on training windows per epoch (windows are subsampled by stride)")
+    parser.add_argument("--channel", default="0", help="channel of multi-channel files: index or 'mix'")
+    parser.add_argument("--cache", type=Path, help="feature cache folder (default: OUT/.feature-cache)")
+    parser.add_argument("--no-cache", action="store_true", help="do not cache features")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--strict", action="store_true", help="fail on an unreadable WAV instead of skipping it")
+
+
+def settings_from_args(args: argparse.Namespace) -> TrainSettings:
+    channel = parse_channel(args.channel)
+    checks = [
+        (args.epochs >= 1, f"--epochs: expected at least 1, got {args.epochs}"),
+        (args.batch_size >= 1, f"--batch-size: expected at least 1, got {args.batch_size}"),
+        (0 < args.val_fraction < 1, f"--val-fraction: expected a fraction in (0, 1), got {args.val_fraction}"),
+        (0.5 <= args.quantile < 1, f"--quantile: expected a value in [0.5, 1), got {args.quantile}"),
+        (args.max_windows >= 1000, f"--max-windows: expected at least 1000, got {args.max_windows}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+    return TrainSettings(
+        epochs=args.epochs, batch_size=args.batch_size, patience=args.patience, val_fraction=args.val_fraction,
+        quantile=args.quantile, max_train_windows=args.max_windows, seed=args.seed, channel=channel,
+        strict=args.strict,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    groups = find_training_clips(args.data, args.machine, args.machine_id)
+    cache_dir = None if args.no_cache else (args.cache or args.out / ".feature-cache")
+    params = FeatureParams()
+    for key, clips in groups.items():
+        bundle = train_one(clips, args.out / key, params, settings, FeatureCache(cache_dir, params, settings.channel))
+        test = _test_clips_for(args.data, clips[0])
+        if test:
+            from .evaluate import evaluate_bundle
+
+            evaluate_bundle(bundle, test, bundle.path / "evaluation", record_in_manifest=True)
+        print(f"{key}: bundle {bundle.path} threshold {bundle.threshold:.4g}")
+    return 0
+
+
+def _test_clips_for(data: Path, clip: Clip) -> list[Clip]:
+    """Labelled test clips of the same machine id when the data set is in a DCASE layout."""
+    try:
+        found = find_test_clips(data, clip.machine_type)
+    except UserError:
+        return []
+    return [c for c in found if c.machine_type == clip.machine_type and c.machine_id == clip.machine_id]
+
+
+def _load_features(clips: list[Clip], cache: FeatureCache, params: FeatureParams, strict: bool):
+    """(frames per clip, clip digests, skipped descriptions)."""
+    frames, digests, used, skipped = [], [], [], []
+    for clip in clips:
+        try:
+            digest = file_digest(clip.path)
+            clip_frames = cache.frames(clip.path, digest)
+            if clip_frames.shape[0] < params.frames:
+                raise AudioError(f"{clip.path}: shorter than one window ({params.frames} frames); leave it out")
+        except (AudioError, OSError) as exc:
+            if strict:
+                raise UserError(str(exc)) from None
+            log.warning("skipping unreadable clip", file=str(clip.path), reason=str(exc))
+            skipped.append(f"{clip.path.name}: {exc}")
+            continue
+        frames.append(clip_frames)
+        digests.append(f"{clip.path.name}:{digest}")
+        used.append(clip)
+    return frames, digests, used, skipped
+
+
+def _stack(frame_list: list[np.ndarray], params: FeatureParams, stride: int) -> np.ndarray:
+    return np.concatenate([windows(f, params)[::stride] for f in frame_list]).astype(np.float32, copy=False)
+
+
+def _gamma_threshold(scores: np.ndarray, quantile: float) -> dict:
+    shape, loc, scale = scipy.stats.gamma.fit(scores, floc=0.0)
+    value = float(scipy.stats.gamma.ppf(quantile, shape, loc=loc, scale=scale))
+    return {
+        "value": value,
+        "method": "gamma_quantile",
+        "quantile": quantile,
+        "gamma": {"shape": float(shape), "loc": float(loc), "scale": float(scale), "fit": "scipy.stats.gamma.fit, loc fixed at 0"},
+        "scores": "int8 clip scores of the held-out normal clips (not trained on; they also decided early stopping)",
+        "held_out_clips": int(len(scores)),
+        "expected_false_alarm_rate": round(1.0 - quantile, 6),
+        "held_out_exceed_fraction": float(np.mean(scores > value)),
+    }
+
+
+def _write_atomic(target: Path, files: dict[str, bytes]) -> None:
+    staging = target.with_name(f".{target.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name, content in files.items():
+        (staging / name).write_bytes(content)
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def train_one(clips: list[Clip], out: Path, params: FeatureParams, settings: TrainSettings, cache: FeatureCache) -> Bundle:
+    from . import autoencoder  # TensorFlow only from here on
+
+    key = clips[0].key
+    started = time.monotonic()
+    bound = log.bind(machine=key)
+    bound.info("extracting features", clips=len(clips))
+    frames, digests, used, skipped = _load_features(clips, cache, params, settings.strict)
+    feature_s = time.monotonic() - started
+    n_val = max(settings.min_val_clips, round(settings.val_fraction * len(used)))
+    if len(used) - n_val < 2:
+        raise UserError(
+            f"{key}: {len(used)} usable normal clips; need at least {n_val + 2} "
+            f"({n_val} held out for the threshold, 2 or more to train on) — add clips"
+        )
+    order = np.random.default_rng(settings.seed).permutation(len(used))
+    val_idx, train_idx = sorted(order[:n_val]), sorted(order[n_val:])
+    total = sum(f.shape[0] - params.frames + 1 for f in (frames[i] for i in train_idx))
+    stride = max(1, math.ceil(total / settings.max_train_windows))
+    train_raw = _stack([frames[i] for i in train_idx], params, stride)
+    val_raw = _stack([frames[i] for i in val_idx], params, stride)
+    mean = train_raw.mean(axis=0, dtype=np.float64).astype(np.float32)
+    std = np.maximum(train_raw.std(axis=0, dtype=np.float64), STD_FLOOR).astype(np.float32)
+    train_x = (train_raw - mean) / std
+    val_x = (val_raw - mean) / std
+    bound.info("training", train_clips=len(train_idx), held_out_clips=n_val, windows=len(train_x),
+               window_stride=stride, max_epochs=settings.epochs)
+    model = autoencoder.build(params.window_size, seed=settings.seed)
+    fit_started = time.monotonic()
+    history = autoencoder.fit(model, train_x, val_x, epochs=settings.epochs, batch_size=settings.batch_size,
+                              patience=settings.patience, report=bound.info)
+    fit_s = time.monotonic() - fit_started
+    rng = np.random.default_rng(settings.seed + 1)
+    representative = train_x[rng.choice(len(train_x), min(settings.representative_windows, len(train_x)), replace=False)]
+    int8_bytes = autoencoder.export_tflite(model, representative)
+    float_bytes = autoencoder.export_tflite(model, None)
+
+    # Float (Keras) clip scores, computed on all windows of each clip, as the runtime does.
+    def keras_clip_scores(indices):
+        scores = []
+        for i in indices:
+            x = (windows(frames[i], params) - mean) / std
+            scores.append(float(np.mean((autoencoder.predict(model, x) - x) ** 2)))
+        return np.array(scores)
+
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "edge_monitor_version": edge_monitor.__version__,
+        "machine": {"type": clips[0].machine_type, "id": clips[0].machine_id},
+        "features": params.to_dict(),
+        "window": {"frames": params.frames, "size": params.window_size, "stride_frames": 1},
+        "model": {
+            "file": MODEL_FILE,
+            "sha256": hashlib.sha256(int8_bytes).hexdigest(),
+            "bytes": len(int8_bytes),
+            "float_file": FLOAT_MODEL_FILE,
+            "float_sha256": hashlib.sha256(float_bytes).hexdigest(),
+            "architecture": autoencoder.ARCHITECTURE,
+        },
+        "quantization": {},  # filled from the exported model below
+        "standardization": {
+            "where": "manifest (not folded into the model): z = (window - mean) / std, per dimension",
+            "statistics_from": "training windows",
+            "std_floor_db": STD_FLOOR,
+            "mean": [float(v) for v in mean],
+            "std": [float(v) for v in std],
+        },
+        "score": {"definition": SCORE_DEFINITION, "model": "int8"},
+        "threshold": {"value": 1.0},  # placeholder until the int8 held-out scores exist
+        "training": {},
+        "evaluation": {},
+    }
+    # Read the quantisation the converter chose from the model itself, through the edge interpreter.
+    from edge_monitor.model import interpreter_backend
+
+    backend, interpreter_class = interpreter_backend()
+    interp = interpreter_class(model_content=int8_bytes)
+    for side, detail in (("input", interp.get_input_details()[0]), ("output", interp.get_output_details()[0])):
+        scale, zero_point = detail["quantization"]
+        manifest["quantization"][side] = {"dtype": np.dtype(detail["dtype"]).name, "scale": float(scale),
+                                          "zero_point": int(zero_point)}
+    files = {MODEL_FILE: int8_bytes, FLOAT_MODEL_FILE: float_bytes}
+    _write_atomic(out, {**files, MANIFEST_FILE: json.dumps(manifest).encode()})
+
+    # Self-check with the runtime's own scorer: int8 scores of held-out clips → threshold.
+    provisional = Bundle.load(out)
+    int8_scorer = WindowScorer(provisional)
+    float_scorer = WindowScorer(provisional, use_float=True)
+    all_idx = list(train_idx) + list(val_idx)
+    int8_scores = np.array([float(int8_scorer.errors(windows(frames[i], params)).mean()) for i in all_idx])
+    float_scores = np.array([float(float_scorer.errors(windows(frames[i], params)).mean()) for i in all_idx])
+    keras_scores = keras_clip_scores(all_idx)
+    held_out = int8_scores[len(train_idx):]
+    threshold = _gamma_threshold(held_out, settings.quantile)
+    correlation = float(np.corrcoef(int8_scores, float_scores)[0, 1])
+    float_vs_keras = float(np.max(np.abs(float_scores - keras_scores) / keras_scores))
+    manifest["threshold"] = threshold
+    duration_s = time.monotonic() - started
+    manifest["training"] = {
+        "clips": len(train_idx),
+        "held_out_clips": n_val,
+        "clips_skipped": skipped,
+        "training_files": [used[i].path.name for i in train_idx],
+        "held_out_files": [used[i].path.name for i in val_idx],
+        "windows": int(len(train_x)),
+        "window_stride": stride,
+        "epochs_max": settings.epochs,
+        "epochs_run": history["epochs_run"],
+        "best_epoch": history["best_epoch"],
+        "batch_size": settings.batch_size,
+        "early_stopping": {"monitor": "val_loss of held-out clips' windows", "patience": settings.patience},
+        "data_digest": "sha256:" + hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest(),
+        "seed": settings.seed,
+        "channel": settings.channel,
+        "duration_s": round(duration_s, 1),
+        "feature_s": round(feature_s, 1),
+        "fit_s": round(fit_s, 1),
+        "feature_cache": {"hits": cache.hits, "misses": cache.misses},
+        "final_loss": history["loss"][history["best_epoch"] - 1],
+        "final_val_loss": history["val_loss"][history["best_epoch"] - 1],
+        "tensorflow": autoencoder.tf.__version__,
+        "python": platform.python_version(),
+    }
+    manifest["evaluation"] = {
+        "export_check": {
+            "interpreter": backend,
+            "int8_vs_float_clip_score_correlation": correlation,
+            "float_tflite_vs_keras_max_relative_difference": float_vs_keras,
+            "clips": len(all_idx),
+        },
+        "held_out_normal": {
+            "clips": n_val,
+            "int8_score_mean": float(held_out.mean()),
+            "int8_score_max": float(held_out.max()),
+            "false_alarms_at_threshold": int(np.sum(held_out > threshold["value"])),
+        },
+    }
+    plots = report.training_plots(out, history, int8_scores[: len(train_idx)], held_out, threshold,
+                                  float_scores, int8_scores)
+    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+    bundle = Bundle.load(out)
+    report.write_training_report(out, manifest, plots)
+    bound.info("bundle written", path=str(out), threshold=round(threshold["value"], 4),
+               int8_float_correlation=round(correlation, 4), epochs=history["epochs_run"],
+               seconds=round(duration_s, 1))
+    return bundle
