@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs every test, after installing what the tests need:
+#  1. .venv          edge-monitor with the train and test extras (TensorFlow, librosa, LiteRT)
+#  2. .venv-tflite   a small sensor-node environment with tflite-runtime (numpy<2) instead of LiteRT,
+#                    proving the second interpreter on the committed demo bundle
+# Arguments go to the main pytest run (e.g. `bash tests/run.sh -k features`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+
+if [ ! -x .venv/bin/python ]; then "$PYTHON" -m venv .venv; fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[train,test]'
+.venv/bin/python -m pytest "$@"
+
+if [ ! -x .venv-tflite/bin/python ]; then "$PYTHON" -m venv .venv-tflite; fi
+.venv-tflite/bin/python -m pip install --quiet --upgrade pip
+.venv-tflite/bin/python -m pip install --quiet 'numpy<2' scipy pyyaml structlog paho-mqtt tflite-runtime pytest
+.venv-tflite/bin/python -m pip install --quiet --no-deps -e .
+EDGE_MONITOR_TFLITE=tflite_runtime .venv-tflite/bin/python -m pytest -p no:cacheprovider tests/test_interpreters.py

@@ -1,0 +1,75 @@
+"""The console command: the demo works on a base install, user errors are one line and exit 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_monitor.audio import write_wav
+from edge_monitor.cli import DEMO_DIR
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edge_monitor.cli", *args], capture_output=True, text=True,
+                          timeout=300, cwd=cwd)
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("edge-monitor: error:")]
+    assert len(errors) == 1, proc.stderr
+    return errors[0]
+
+
+def test_demo_flags_the_anomalous_clip_only(tmp_path):
+    proc = run("demo", "--out", str(tmp_path / "report"))
+    assert proc.returncode == 0, proc.stderr
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line.startswith("  ")}
+    assert lines["anomaly_id_00_demo.wav"].endswith("ANOMALY")
+    assert lines["normal_id_00_demo.wav"].endswith("normal")
+    result = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert result["int8"]["detected"] == 1 and result["int8"]["false_alarms"] == 0
+
+
+def test_demo_bundle_is_small_and_reproducible_by_documented_command():
+    files = [p for p in DEMO_DIR.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) < 3_000_000
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert "edge-monitor make-demo" in readme
+
+
+@pytest.mark.parametrize(
+    "args, phrase",
+    [
+        (("frobnicate",), "invalid choice"),
+        (("train",), "required"),
+        (("evaluate", "/nonexistent/bundle", "/nonexistent/test"), "no model bundle"),
+        (("synth", "OUT", "--kinds", "blender"), "blender"),
+        (("train", "/nonexistent", "--out", "x"), "no such folder"),
+        (("train", "DATA", "--out", "x", "--val-fraction", "1.5"), "--val-fraction"),
+        (("train", "DATA", "--out", "x", "--channel", "left"), "channel"),
+    ],
+)
+def test_user_errors_are_one_line(args, phrase, tmp_path):
+    (tmp_path / "DATA").mkdir()
+    assert phrase in one_error_line(run(*args, cwd=tmp_path))
+
+
+def test_evaluate_refuses_a_bad_test_clip(tmp_path):
+    test = tmp_path / "test"
+    test.mkdir()
+    write_wav(test / "normal_id_00_0.wav", np.zeros(32000, np.float32), 16000)
+    (test / "anomaly_id_00_1.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEdata")
+    line = one_error_line(run("evaluate", str(DEMO_DIR / "fan-id_00"), str(test), "--out", str(tmp_path / "o")))
+    assert "anomaly_id_00_1.wav" in line
+
+
+def test_version():
+    proc = run("--version")
+    assert proc.returncode == 0 and proc.stdout.startswith("edge-monitor ")

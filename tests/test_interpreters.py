@@ -1,0 +1,42 @@
+"""Every installed TFLite interpreter scores the committed demo bundle as the one that made it.
+
+Runs in the main environment (ai_edge_litert) and, from tests/run.sh, in a second environment
+that has only tflite-runtime (numpy<2), with EDGE_MONITOR_TFLITE=tflite_runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from edge_monitor.audio import load_audio
+from edge_monitor.cli import DEMO_DIR
+from edge_monitor.model import Bundle, WindowScorer
+
+EXPECTED = json.loads((DEMO_DIR / "expected.json").read_text())
+
+
+def test_demo_bundle_scores_match_the_reference_interpreter():
+    bundle = Bundle.load(DEMO_DIR / EXPECTED["bundle"])
+    scorer = WindowScorer(bundle)
+    forced = os.environ.get("EDGE_MONITOR_TFLITE")
+    if forced:
+        assert scorer.backend == forced
+    for name, reference in EXPECTED["scores_int8"].items():
+        score = scorer.clip_score(load_audio(DEMO_DIR / "clips" / name, bundle.params.sample_rate))
+        # int8 kernels of other interpreters (or other CPU features) may round a few output codes differently
+        tolerance = 1e-3 if scorer.backend == EXPECTED["interpreter"] else 0.02
+        assert score == pytest.approx(reference, rel=tolerance), (scorer.backend, name)
+
+
+def test_demo_verdicts_hold_on_this_interpreter():
+    bundle = Bundle.load(DEMO_DIR / EXPECTED["bundle"])
+    scorer = WindowScorer(bundle)
+    scores = {name: scorer.clip_score(load_audio(DEMO_DIR / "clips" / name, 16000)) for name in EXPECTED["scores_int8"]}
+    normal = [s for n, s in scores.items() if n.startswith("normal")]
+    anomalous = [s for n, s in scores.items() if n.startswith("anomaly")]
+    assert max(normal) < bundle.threshold < min(anomalous)
+    assert np.isfinite(list(scores.values())).all()
