@@ -36,12 +36,12 @@ def training_plots(out: Path, history: dict, train_scores, held_out, threshold: 
     plots["loss"] = _save(fig, out / "loss.png")
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    top = max(np.max(train_scores), np.max(held_out), threshold["value"]) * 1.15
-    bins = np.linspace(0, top, 40)
+    low, top = _span(np.r_[train_scores, held_out, threshold["value"]])
+    bins = np.linspace(low, top, 40)
     ax.hist(train_scores, bins=bins, alpha=0.6, density=True, label="training clips")
     ax.hist(held_out, bins=bins, alpha=0.6, density=True, label="held-out clips")
     g = threshold["gamma"]
-    xs = np.linspace(0, top, 300)
+    xs = np.linspace(low, top, 300)
     ax.plot(xs, scipy.stats.gamma.pdf(xs, g["shape"], loc=g["loc"], scale=g["scale"]), "k-", label="gamma fit")
     ax.axvline(threshold["value"], color="red", label=f"threshold (q={threshold['quantile']})")
     ax.set(xlabel="int8 clip score", ylabel="density", title="Normal clip scores")
@@ -74,7 +74,7 @@ def evaluation_plots(out: Path, labels, s_int8, s_float, threshold: float) -> di
     plots["roc"] = _save(fig, out / "roc.png")
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    bins = np.linspace(0, max(np.max(s_int8), threshold) * 1.1, 40)
+    bins = np.linspace(*_span(np.r_[s_int8, threshold]), 40)
     ax.hist(s_int8[labels == 0], bins=bins, alpha=0.6, label="normal")
     ax.hist(s_int8[labels == 1], bins=bins, alpha=0.6, label="anomalous")
     ax.axvline(threshold, color="red", label="threshold")
@@ -82,6 +82,13 @@ def evaluation_plots(out: Path, labels, s_int8, s_float, threshold: float) -> di
     ax.legend()
     plots["histogram"] = _save(fig, out / "histogram.png")
     return plots
+
+
+def _span(values: np.ndarray) -> tuple[float, float]:
+    """Histogram range around the data (scores cluster far from zero)."""
+    low, high = float(np.min(values)), float(np.max(values))
+    pad = 0.1 * (high - low) or 0.05 * high
+    return max(0.0, low - pad), high + pad
 
 
 def _save(fig, path: Path) -> str:
