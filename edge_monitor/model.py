@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import BundleError
+from .errors import BundleError, FeatureError
 from .features import FeatureParams, log_mel, windows
 
 FORMAT = "edge-monitor-bundle"
@@ -180,14 +180,11 @@ class Bundle:
         version = m.get("format_version", int)
         if version != FORMAT_VERSION:
             raise m.fail("format_version", f"is {version}; this edge-monitor reads version {FORMAT_VERSION}")
+        features = m.get("features", dict)
         try:
-            params = FeatureParams.from_dict(m.get("features", dict))
-        except TypeError as exc:
-            raise m.fail("features", f"is not a feature parameter set ({exc})") from None
-        except BundleError:
-            raise
-        except Exception as exc:  # FeatureError names the parameter
-            raise m.fail("features", str(exc)) from None
+            params = FeatureParams.from_dict(features)
+        except (TypeError, FeatureError) as exc:  # FeatureError names the parameter
+            raise m.fail("features", f"is not a valid feature parameter set: {exc}") from None
         size = m.get("window.size", int)
         if size != params.window_size:
             raise m.fail("window.size", f"is {size} but features give {params.frames}×{params.n_mels}={params.window_size}")

@@ -24,6 +24,7 @@ import numpy as np
 from edge_monitor.audio import load_audio
 from edge_monitor.errors import UserError
 from edge_monitor.features import FeatureParams, log_mel
+from edge_monitor.model import sha256_file as file_digest
 
 _DCASE2020 = re.compile(r"^(?P<label>normal|anomaly)_(?P<id>id_\d+)_", re.IGNORECASE)
 _DCASE2021 = re.compile(
@@ -126,14 +127,6 @@ def find_test_clips(test_dir: Path, machine_type: str | None = None) -> list[Cli
             f"{test_dir}: no labelled test WAVs (names normal_*/anomaly_* or folders normal/ and abnormal/)"
         )
     return clips
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class FeatureCache:
