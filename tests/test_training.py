@@ -134,3 +134,9 @@ def test_strict_fails_on_an_unreadable_clip(synth_data, tmp_path, capsys):
     assert len(errors) == 1 and "normal_id_00_99999999.wav" in errors[0] and "truncated" in errors[0]
     assert "Traceback" not in err
     assert not (tmp_path / "m" / "fan-id_00").exists()
+
+
+def test_evaluate_a_folder_of_bundles(trained, synth_data, tmp_path, capsys):
+    """MODELS as train writes it: each bundle is evaluated on the clips of its own machine id."""
+    assert main(["evaluate", str(trained.parent), str(synth_data / "fan"), "--out", str(tmp_path / "e")]) == 0
+    assert capsys.readouterr().out.startswith("fan-id_00: 6 normal / 6 anomalous clips")

@@ -52,6 +52,8 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 
     raise UserError(f"training needs TensorFlow ({exc}); install it: pip install 'edge-monitor[train]'") from None
 
+tf.get_logger().setLevel("ERROR")  # retracing notes and the like; errors still raise
+
 ARCHITECTURE = "dense autoencoder 640-128x4-8-128x4-640, BatchNorm+ReLU (DCASE 2020 Task 2 baseline)"
 
 
