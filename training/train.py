@@ -169,12 +169,16 @@ def _gamma_threshold(scores: np.ndarray, quantile: float) -> dict:
     }
 
 
-def _write_atomic(target: Path, files: dict[str, bytes]) -> None:
+def _staging(target: Path) -> Path:
+    """An empty folder beside ``target`` where the bundle is built before it replaces ``target``."""
     staging = target.with_name(f".{target.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    for name, content in files.items():
-        (staging / name).write_bytes(content)
+    return staging
+
+
+def _promote(staging: Path, target: Path) -> None:
+    """Replace ``target`` by the finished ``staging`` folder; a crash before this leaves the old bundle."""
     old = target.with_name(f".{target.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
@@ -265,11 +269,13 @@ def train_one(clips: list[Clip], out: Path, params: FeatureParams, settings: Tra
         scale, zero_point = detail["quantization"]
         manifest["quantization"][side] = {"dtype": np.dtype(detail["dtype"]).name, "scale": float(scale),
                                           "zero_point": int(zero_point)}
-    files = {MODEL_FILE: int8_bytes, FLOAT_MODEL_FILE: float_bytes}
-    _write_atomic(out, {**files, MANIFEST_FILE: json.dumps(manifest).encode()})
+    staging = _staging(out)
+    (staging / MODEL_FILE).write_bytes(int8_bytes)
+    (staging / FLOAT_MODEL_FILE).write_bytes(float_bytes)
+    (staging / MANIFEST_FILE).write_text(json.dumps(manifest))
 
     # Self-check with the runtime's own scorer: int8 scores of held-out clips → threshold.
-    provisional = Bundle.load(out)
+    provisional = Bundle.load(staging)
     int8_scorer = WindowScorer(provisional)
     float_scorer = WindowScorer(provisional, use_float=True)
     # The export check scores every held-out clip and up to CHECK_TRAIN_CLIPS training clips.
@@ -324,11 +330,13 @@ def train_one(clips: list[Clip], out: Path, params: FeatureParams, settings: Tra
             "false_alarms_at_threshold": int(np.sum(held_out > threshold["value"])),
         },
     }
-    plots = report.training_plots(out, history, int8_scores[: len(check_train)], held_out, threshold,
+    plots = report.training_plots(staging, history, int8_scores[: len(check_train)], held_out, threshold,
                                   float_scores, int8_scores)
-    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+    (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+    report.write_training_report(staging, manifest, plots)
+    Bundle.load(staging)
+    _promote(staging, out)
     bundle = Bundle.load(out)
-    report.write_training_report(out, manifest, plots)
     bound.info("bundle written", path=str(out), threshold=round(threshold["value"], 4),
                int8_float_correlation=round(correlation, 4), epochs=history["epochs_run"],
                seconds=round(duration_s, 1))
