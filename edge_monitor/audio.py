@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Union
 
 import numpy as np
-from scipy.signal import resample_poly
 
 from edge_monitor.errors import AudioError, UserError
 
@@ -195,6 +194,8 @@ def resample(x: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     if from_rate == to_rate:
         return x
+    from scipy.signal import resample_poly  # imported on first use: scipy.signal costs 0.6 s at start-up
+
     g = math.gcd(from_rate, to_rate)
     return resample_poly(x, to_rate // g, from_rate // g, axis=0).astype(np.float32, copy=False)
 

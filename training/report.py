@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import scipy.stats
 
 from .metrics import roc_curve
 
@@ -22,6 +21,8 @@ def _pyplot():
 
 
 def training_plots(out: Path, history: dict, train_scores, held_out, threshold: dict, float_scores, int8_scores) -> dict:
+    import scipy.stats  # not at module level: it would slow every edge-monitor start by 0.5 s
+
     plt = _pyplot()
     if plt is None:
         return {}

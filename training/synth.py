@@ -38,7 +38,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from scipy import signal
 
 from edge_monitor.errors import UserError
 
@@ -82,6 +81,8 @@ def _resonate(x: np.ndarray, sr: int, freq: float, q: float) -> np.ndarray:
 
     Causal: an input that is zero up to some sample gives an output that is zero up to it.
     """
+    from scipy import signal  # lazily: keeps `edge-monitor` start-up fast
+
     b, a = signal.iirpeak(min(freq, 0.45 * sr), q, fs=sr)
     return signal.lfilter(b, a, x)
 
@@ -104,6 +105,8 @@ def _slow(rng: np.random.Generator, t: np.ndarray, max_hz: float, k: int = 4) ->
 
 def _jitter(rng: np.random.Generator, n: int, sr: int, cutoff_hz: float = 5.0) -> np.ndarray:
     """Low-pass random fluctuation with unit standard deviation (speed jitter)."""
+    from scipy import signal
+
     alpha = 1.0 - math.exp(-_TWO_PI * cutoff_hz / sr)
     out = signal.lfilter([alpha], [1.0, alpha - 1.0], rng.standard_normal(n))
     return (out - out.mean()) / max(float(out.std()), 1e-12)

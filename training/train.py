@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import scipy.stats
 import structlog
 
 import edge_monitor
@@ -155,6 +154,8 @@ def _stack(frame_list: list[np.ndarray], params: FeatureParams, stride: int) -> 
 
 
 def _gamma_threshold(scores: np.ndarray, quantile: float) -> dict:
+    import scipy.stats  # not at module level: it would slow every edge-monitor start by 0.5 s
+
     shape, loc, scale = scipy.stats.gamma.fit(scores, floc=0.0)
     value = float(scipy.stats.gamma.ppf(quantile, shape, loc=loc, scale=scale))
     return {
