@@ -34,10 +34,10 @@ SCORE_DEFINITION = (
     "float input)^2; clip score = mean of the window errors over the clip"
 )
 
-BACKENDS: dict[str, str] = {
+BACKENDS: dict[str, str] = {  # name → module whose ``Interpreter`` attribute is the interpreter class
     "ai_edge_litert": "ai_edge_litert.interpreter",
     "tflite_runtime": "tflite_runtime.interpreter",
-    "tensorflow": "tensorflow.lite",
+    "tensorflow": "tensorflow",  # tf.lite.Interpreter (the tensorflow.lite module itself lacks it)
 }
 BACKEND_ENV = "EDGE_MONITOR_TFLITE"
 
@@ -53,7 +53,7 @@ def interpreter_backend() -> tuple[str, Callable[..., Any]]:
             module = importlib.import_module(BACKENDS[name])
         except ImportError:
             continue
-        return name, module.Interpreter
+        return name, module.lite.Interpreter if name == "tensorflow" else module.Interpreter
     raise BundleError(
         f"no TFLite interpreter found (tried {', '.join(names)}); install one: pip install ai-edge-litert"
     )

@@ -17,4 +17,6 @@ if [ ! -x .venv-tflite/bin/python ]; then "$PYTHON" -m venv .venv-tflite; fi
 .venv-tflite/bin/python -m pip install --quiet --upgrade pip
 .venv-tflite/bin/python -m pip install --quiet 'numpy<2' scipy pyyaml structlog paho-mqtt tflite-runtime pytest
 .venv-tflite/bin/python -m pip install --quiet --no-deps -e .
-EDGE_MONITOR_TFLITE=tflite_runtime .venv-tflite/bin/python -m pytest -p no:cacheprovider tests/test_interpreters.py
+# the sensor-node tests (no TensorFlow, no librosa) with tflite-runtime forced, on numpy 1.x
+EDGE_MONITOR_TFLITE=tflite_runtime .venv-tflite/bin/python -m pytest -p no:cacheprovider \
+  tests/test_interpreters.py tests/test_cli.py tests/test_audio.py tests/test_data.py tests/test_synth.py

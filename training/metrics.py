@@ -22,9 +22,14 @@ def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nd
     return fpr, tpr, np.r_[np.inf, scores[last_of_tie]]
 
 
+def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
+    """Area under a piecewise-linear curve (numpy 1.x has no ``np.trapezoid``; nodes run numpy 1 with tflite-runtime)."""
+    return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2))
+
+
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     fpr, tpr, _ = roc_curve(labels, scores)
-    return float(np.trapezoid(tpr, fpr))
+    return _trapezoid(tpr, fpr)
 
 
 def pauc(labels: np.ndarray, scores: np.ndarray, max_fpr: float = 0.1) -> float:
@@ -33,6 +38,6 @@ def pauc(labels: np.ndarray, scores: np.ndarray, max_fpr: float = 0.1) -> float:
     stop = np.searchsorted(fpr, max_fpr, side="right")
     x = np.r_[fpr[:stop], max_fpr]
     y = np.r_[tpr[:stop], np.interp(max_fpr, fpr[stop - 1 : stop + 1], tpr[stop - 1 : stop + 1])]
-    partial = float(np.trapezoid(y, x))
+    partial = _trapezoid(y, x)
     min_area = 0.5 * max_fpr**2
     return 0.5 * (1 + (partial - min_area) / (max_fpr - min_area))
