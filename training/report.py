@@ -64,10 +64,10 @@ def evaluation_plots(out: Path, labels, s_int8, s_float, threshold: float) -> di
         return {}
     plots = {}
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    for name, scores in (("int8", s_int8), ("float", s_float)):
-        if scores is not None:
+    for name, scores, style in (("int8", s_int8, dict(lw=3, alpha=0.6)), ("float", s_float, dict(ls="--", lw=1.5))):
+        if scores is not None:  # int8 drawn wide and float dashed on top: both stay visible when they agree
             fpr, tpr, _ = roc_curve(labels, scores)
-            ax.plot(fpr, tpr, label=name, drawstyle="default")
+            ax.plot(fpr, tpr, label=name, **style)
     ax.plot([0, 1], [0, 1], "k:", lw=1)
     ax.axvspan(0, 0.1, color="grey", alpha=0.15, label="pAUC range")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
