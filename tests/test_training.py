@@ -140,3 +140,11 @@ def test_evaluate_a_folder_of_bundles(trained, synth_data, tmp_path, capsys):
     """MODELS as train writes it: each bundle is evaluated on the clips of its own machine id."""
     assert main(["evaluate", str(trained.parent), str(synth_data / "fan"), "--out", str(tmp_path / "e")]) == 0
     assert capsys.readouterr().out.startswith("fan-id_00: 6 normal / 6 anomalous clips")
+
+
+def test_evaluate_takes_the_bundles_machine_type_from_a_dcase_root(trained, synth_data, tmp_path, capsys):
+    root = tmp_path / "root"
+    shutil.copytree(synth_data / "fan" / "test", root / "fan" / "test")
+    shutil.copytree(synth_data / "fan" / "test", root / "pump" / "test")  # same ids, other machine type
+    assert main(["evaluate", str(trained), str(root), "--out", str(tmp_path / "e")]) == 0
+    assert json.loads((tmp_path / "e" / "results.json").read_text())["clips"] == {"normal": 6, "anomaly": 6}

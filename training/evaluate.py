@@ -47,18 +47,24 @@ def find_bundles(path: Path) -> list[Bundle]:
 def run(args: argparse.Namespace) -> int:
     channel = parse_channel(args.channel)
     bundles = find_bundles(args.bundle)
+    if not args.test_dir.is_dir():
+        raise UserError(f"{args.test_dir}: no such folder; give a folder of labelled test WAVs")
     multi = len(bundles) > 1
-    clips = find_test_clips(args.test_dir)
-    rows = []
+    results = []
     for bundle in bundles:
+        try:  # a DCASE root holds several machine types: take this bundle's type only
+            clips = find_test_clips(args.test_dir, bundle.machine_type)
+        except UserError:
+            clips = []
         mine = [c for c in clips if c.machine_id in (None, bundle.machine_id)]
         if not mine:
-            print(f"{bundle.name}: no test clips for machine id {bundle.machine_id} in {args.test_dir}")
+            print(f"{bundle.name}: no labelled test clips for it in {args.test_dir}")
             continue
         out = (args.out / bundle.name if multi else args.out) if args.out else bundle.path / "evaluation"
-        rows.append(evaluate_bundle(bundle, mine, out, channel=channel))
-    if not rows:
-        raise UserError(f"{args.test_dir}: no test clips match the machine ids of the bundles")
+        results.append(evaluate_bundle(bundle, mine, out, channel=channel))
+    if not results:
+        raise UserError(f"{args.test_dir}: no labelled test clips (normal_*/anomaly_* names or normal/ and "
+                        f"abnormal/ folders) for {', '.join(b.name for b in bundles)}")
     return 0
 
 

@@ -114,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
         if test:
             from .evaluate import evaluate_bundle
 
-            evaluate_bundle(bundle, test, bundle.path / "evaluation", record_in_manifest=True)
+            evaluate_bundle(bundle, test, bundle.path / "evaluation", channel=settings.channel,
+                            record_in_manifest=True)
         print(f"{key}: bundle {bundle.path} threshold {bundle.threshold:.4g}")
     return 0
 
