@@ -312,11 +312,11 @@ class WindowScorer:
             result[start : start + n] = np.einsum("ij,ij->i", diff, diff) / np.float32(x.shape[1])
         return result
 
-    def clip_errors(self, samples: np.ndarray) -> np.ndarray:
-        """Window errors of a whole clip (mono float samples at the bundle's rate)."""
-        return self.errors(windows(log_mel(samples, self.bundle.params), self.bundle.params))
+    def frames_score(self, frames: np.ndarray) -> float:
+        """The DCASE clip score of log-mel frames: mean window error. NaN when shorter than one window."""
+        errs = self.errors(windows(frames, self.bundle.params))
+        return float(errs.mean()) if errs.size else float("nan")
 
     def clip_score(self, samples: np.ndarray) -> float:
-        """The DCASE clip score: mean window error. NaN when the clip is shorter than one window."""
-        errs = self.clip_errors(samples)
-        return float(errs.mean()) if errs.size else float("nan")
+        """The clip score of a whole clip (mono float samples at the bundle's rate)."""
+        return self.frames_score(log_mel(samples, self.bundle.params))

@@ -9,7 +9,8 @@ import pytest
 
 from edge_monitor.audio import write_wav
 from edge_monitor.errors import UserError
-from training.data import FeatureCache, file_digest, find_test_clips, find_training_clips, parse_name
+from edge_monitor.model import sha256_file
+from training.data import FeatureCache, find_test_clips, find_training_clips, parse_name
 from edge_monitor.features import FeatureParams, log_mel
 
 
@@ -77,7 +78,7 @@ def test_feature_cache_hits_and_matches(tmp_path):
     x = (0.1 * np.random.default_rng(0).standard_normal(16000)).astype(np.float32)
     write_wav(tmp_path / "a.wav", x, 16000)
     cache = FeatureCache(tmp_path / "cache", FeatureParams())
-    digest = file_digest(tmp_path / "a.wav")
+    digest = sha256_file(tmp_path / "a.wav")
     first = cache.frames(tmp_path / "a.wav", digest)
     second = cache.frames(tmp_path / "a.wav", digest)
     assert (cache.misses, cache.hits) == (1, 1)

@@ -24,7 +24,6 @@ import numpy as np
 from edge_monitor.audio import load_audio
 from edge_monitor.errors import UserError
 from edge_monitor.features import FeatureParams, log_mel
-from edge_monitor.model import sha256_file as file_digest
 
 _DCASE2020 = re.compile(r"^(?P<label>normal|anomaly)_(?P<id>id_\d+)_", re.IGNORECASE)
 _DCASE2021 = re.compile(

@@ -40,7 +40,7 @@ from edge_monitor.model import (
 )
 
 from . import report
-from .data import Clip, FeatureCache, file_digest, find_test_clips, find_training_clips
+from .data import Clip, FeatureCache, find_test_clips, find_training_clips
 
 log = structlog.get_logger("edge_monitor.train")
 
@@ -134,7 +134,7 @@ def _load_features(clips: list[Clip], cache: FeatureCache, params: FeatureParams
     frames, digests, used, skipped = [], [], [], []
     for clip in clips:
         try:
-            digest = file_digest(clip.path)
+            digest = sha256_file(clip.path)
             clip_frames = cache.frames(clip.path, digest)
             if clip_frames.shape[0] < params.frames:
                 raise AudioError(f"{clip.path}: shorter than one window ({params.frames} frames); leave it out")
@@ -231,7 +231,7 @@ def train_one(clips: list[Clip], out: Path, params: FeatureParams, settings: Tra
         x = (np.concatenate(stacked) - mean) / std
         errors = np.mean((autoencoder.predict(model, x) - x) ** 2, axis=1)
         bounds = np.cumsum([0] + [len(w) for w in stacked])
-        return np.array([errors[a:b].mean() for a, b in zip(bounds[:-1], bounds[1:])])
+        return np.array([errors[a:b].mean() for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
 
     manifest = {
         "format": FORMAT,
@@ -283,8 +283,8 @@ def train_one(clips: list[Clip], out: Path, params: FeatureParams, settings: Tra
     # The export check scores every held-out clip and up to CHECK_TRAIN_CLIPS training clips.
     check_train = sorted(rng.choice(train_idx, min(CHECK_TRAIN_CLIPS, len(train_idx)), replace=False))
     all_idx = list(check_train) + list(val_idx)
-    int8_scores = np.array([float(int8_scorer.errors(windows(frames[i], params)).mean()) for i in all_idx])
-    float_scores = np.array([float(float_scorer.errors(windows(frames[i], params)).mean()) for i in all_idx])
+    int8_scores = np.array([int8_scorer.frames_score(frames[i]) for i in all_idx])
+    float_scores = np.array([float_scorer.frames_score(frames[i]) for i in all_idx])
     keras_scores = keras_clip_scores(all_idx)
     held_out = int8_scores[len(check_train):]
     threshold = _gamma_threshold(held_out, settings.quantile)
