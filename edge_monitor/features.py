@@ -212,7 +212,6 @@ class StreamingLogMel:
         self._buf = np.zeros(params.n_fft + initial_block, dtype=np.float32)
         self._out = np.empty((self._max_frames(len(self._buf)), params.n_mels), dtype=np.float32)
         self._fill = 0  # samples held in _buf[:_fill], all after the start of the next frame
-        self.samples_seen = 0
         self.frames_emitted = 0
 
     def _max_frames(self, n_samples: int) -> int:
@@ -234,7 +233,6 @@ class StreamingLogMel:
             self._out = np.empty((self._max_frames(len(grown)), self.params.n_mels), dtype=np.float32)
         self._buf[self._fill : need] = block
         self._fill = need
-        self.samples_seen += len(block)
         count = n_frames(need, self.params)
         if count == 0:
             return self._out[:0]

@@ -79,12 +79,10 @@ class Quant:
         return {"dtype": self.dtype, "scale": self.scale, "zero_point": self.zero_point}
 
 
-def quantize(x: np.ndarray, q: Quant, out: np.ndarray | None = None) -> np.ndarray:
-    """Round to nearest (half to even, as TFLite's reference quantiser) and saturate to int8."""
+def quantize(x: np.ndarray, q: Quant, out: np.ndarray) -> np.ndarray:
+    """Round to nearest (half to even, as TFLite's reference quantiser), saturate, write int8 into ``out``."""
     scaled = np.rint(x / np.float32(q.scale)) + q.zero_point
     np.clip(scaled, -128, 127, out=scaled)
-    if out is None:
-        return scaled.astype(np.int8)
     out[...] = scaled
     return out
 

@@ -34,6 +34,7 @@ from edge_monitor.model import (
     MANIFEST_FILE,
     MODEL_FILE,
     SCORE_DEFINITION,
+    Quant,
     Bundle,
     WindowScorer,
     sha256_file,
@@ -269,8 +270,7 @@ def train_one(clips: list[Clip], out: Path, params: FeatureParams, settings: Tra
     interp = interpreter_class(model_content=int8_bytes)
     for side, detail in (("input", interp.get_input_details()[0]), ("output", interp.get_output_details()[0])):
         scale, zero_point = detail["quantization"]
-        manifest["quantization"][side] = {"dtype": np.dtype(detail["dtype"]).name, "scale": float(scale),
-                                          "zero_point": int(zero_point)}
+        manifest["quantization"][side] = Quant(float(scale), int(zero_point), np.dtype(detail["dtype"]).name).to_dict()
     staging = _staging(out)
     (staging / MODEL_FILE).write_bytes(int8_bytes)
     (staging / FLOAT_MODEL_FILE).write_bytes(float_bytes)
