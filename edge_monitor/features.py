@@ -142,7 +142,17 @@ class _FrameKernel:
     def __init__(self, params: FeatureParams):
         self.params = params
         self.window = _hann(params.n_fft)
-        self.mel = mel_filterbank(params)
+        self.mel = mel = mel_filterbank(params)
+        # The mel projection as a sparse sum: each band adds its few non-zero bins in a fixed order.
+        # A dense BLAS matmul rounds differently depending on how many frames it is given, so a live
+        # stream (one frame per call) and a file (hundreds) would differ in the last bit; this way
+        # every frame gets the same float32 result however the audio was cut into blocks.
+        bins = [np.flatnonzero(mel[:, band]) for band in range(mel.shape[1])]
+        self._bands = np.array([len(b) > 0 for b in bins])
+        self._bins = np.concatenate(bins).astype(np.intp)
+        self._weights = np.concatenate([mel[b, band] for band, b in enumerate(bins)]).astype(np.float32)
+        sizes = [len(b) for b in bins if len(b)]
+        self._starts = np.cumsum([0] + sizes[:-1]).astype(np.intp)
 
     def __call__(self, frames: np.ndarray, out: np.ndarray) -> None:
         """``frames``: (k, n_fft) float32 samples (a strided view is fine); writes (k, n_mels) into ``out``.
@@ -154,10 +164,21 @@ class _FrameKernel:
         mag = np.abs(spectrum)
         if self.params.power == 2.0:
             np.square(mag, out=mag)
-        np.matmul(mag, self.mel, out=out)
+        weighted = np.take(mag, self._bins, axis=1)
+        weighted *= self._weights
+        if self._bands.all():
+            np.add.reduceat(weighted, self._starts, axis=1, out=out)
+        else:  # bands narrower than an FFT bin get no energy
+            out[:] = 0
+            out[:, self._bands] = np.add.reduceat(weighted, self._starts, axis=1)
         out += np.float32(LOG_OFFSET)
         np.log10(out, out=out)
         out *= np.float32(10.0)
+
+
+@lru_cache(maxsize=8)
+def _kernel(params: FeatureParams) -> _FrameKernel:
+    return _FrameKernel(params)
 
 
 def _check_finite(samples: np.ndarray, where: str) -> None:
@@ -182,6 +203,13 @@ def n_frames(n_samples: int, params: FeatureParams) -> int:
     return 0 if n_samples < params.n_fft else 1 + (n_samples - params.n_fft) // params.hop_length
 
 
+def _frame_view(samples: np.ndarray, params: FeatureParams, count: int) -> np.ndarray:
+    """``count`` overlapping frames of a contiguous 1-D array as a read-only ``(count, n_fft)`` view."""
+    step = samples.strides[0]
+    return np.lib.stride_tricks.as_strided(samples, shape=(count, params.n_fft),
+                                           strides=(params.hop_length * step, step), writeable=False)
+
+
 def log_mel(samples: np.ndarray, params: FeatureParams = FeatureParams()) -> np.ndarray:
     """Log-mel spectrogram of a whole signal: float32 ``(n_frames, n_mels)``; 0 rows when shorter than n_fft."""
     samples = _as_mono(samples, "log_mel").astype(np.float32, copy=False)
@@ -190,8 +218,8 @@ def log_mel(samples: np.ndarray, params: FeatureParams = FeatureParams()) -> np.
     out = np.empty((count, params.n_mels), dtype=np.float32)
     if count == 0:
         return out
-    frames = np.lib.stride_tricks.sliding_window_view(samples, params.n_fft)[:: params.hop_length][:count]
-    kernel = _FrameKernel(params)
+    frames = _frame_view(samples, params, count)
+    kernel = _kernel(params)
     for start in range(0, count, _CHUNK_FRAMES):
         stop = min(start + _CHUNK_FRAMES, count)
         kernel(frames[start:stop], out[start:stop])
@@ -208,7 +236,7 @@ class StreamingLogMel:
 
     def __init__(self, params: FeatureParams = FeatureParams(), initial_block: int = 4096):
         self.params = params
-        self._kernel = _FrameKernel(params)
+        self._kernel = _kernel(params)
         self._buf = np.zeros(params.n_fft + initial_block, dtype=np.float32)
         self._out = np.empty((self._max_frames(len(self._buf)), params.n_mels), dtype=np.float32)
         self._fill = 0  # samples held in _buf[:_fill], all after the start of the next frame
@@ -237,7 +265,7 @@ class StreamingLogMel:
         if count == 0:
             return self._out[:0]
         hop = self.params.hop_length
-        frames = np.lib.stride_tricks.sliding_window_view(self._buf[:need], self.params.n_fft)[::hop][:count]
+        frames = _frame_view(self._buf, self.params, count)
         out = self._out[:count]
         for start in range(0, count, _CHUNK_FRAMES):
             stop = min(start + _CHUNK_FRAMES, count)
@@ -252,13 +280,15 @@ class StreamingLogMel:
 def windows(frames: np.ndarray, params: FeatureParams = FeatureParams()) -> np.ndarray:
     """Stack ``params.frames`` consecutive frames (stride 1), frame-major: ``(n_windows, frames·n_mels)``.
 
-    Row ``i`` is ``frames[i], frames[i+1], …`` concatenated — the DCASE 2020 baseline layout.
+    Row ``i`` is ``frames[i], frames[i+1], …`` concatenated — the DCASE 2020 baseline layout. In a
+    C-contiguous frame array those are consecutive memory, so the result is a read-only view, no copy.
     """
-    frames = np.asarray(frames, dtype=np.float32)
+    frames = np.ascontiguousarray(frames, dtype=np.float32)
     if frames.ndim != 2 or frames.shape[1] != params.n_mels:
         raise FeatureError(f"windows: expected frames of shape (n, {params.n_mels}), got {frames.shape}")
     count = frames.shape[0] - params.frames + 1
     if count <= 0:
         return np.empty((0, params.window_size), dtype=np.float32)
-    view = np.lib.stride_tricks.sliding_window_view(frames, (params.frames, params.n_mels))[:, 0]
-    return view.reshape(count, params.window_size)
+    row = frames.strides[0]
+    return np.lib.stride_tricks.as_strided(frames, shape=(count, params.window_size),
+                                           strides=(row, frames.strides[1]), writeable=False)
