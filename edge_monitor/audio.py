@@ -178,8 +178,8 @@ def read_wav(path: PathLike) -> tuple[np.ndarray, WavInfo]:
         raise _fail(path, "no audio samples (the data chunk is empty)", "record or export a file with audio")
 
     samples = _decode(raw, offset, frames * channels, encoding)
-    bad = np.flatnonzero(~np.isfinite(samples))
-    if bad.size:
+    bad = np.empty(0, np.intp) if _CODECS[encoding][0] == _PCM else np.flatnonzero(~np.isfinite(samples))
+    if bad.size:  # only float files can hold NaN or inf
         frame, ch = divmod(int(bad[0]), channels)
         kind = "NaN" if np.isnan(samples[bad[0]]) else "inf"
         raise _fail(path, f"{kind} sample at {frame / rate:.3f} s (frame {frame}, channel {ch}, "

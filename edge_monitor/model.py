@@ -242,7 +242,7 @@ class WindowScorer:
     The daemon, replay and evaluation all score through this class.
     """
 
-    def __init__(self, bundle: Bundle, *, batch_size: int = 256, use_float: bool = False, num_threads: int = 1):
+    def __init__(self, bundle: Bundle, *, batch_size: int = 64, use_float: bool = False, num_threads: int = 1):
         self.bundle = bundle
         self.backend, interpreter_class = interpreter_backend()
         model_path = bundle.float_model_path if use_float else bundle.model_path
@@ -288,8 +288,12 @@ class WindowScorer:
         out *= self._inv_std
         return out
 
-    def errors(self, raw_windows: np.ndarray) -> np.ndarray:
-        """Per-window reconstruction error (float32, one per row of ``raw_windows``)."""
+    def errors(self, raw_windows: np.ndarray, band_errors: np.ndarray | None = None) -> np.ndarray:
+        """Per-window reconstruction error (float32, one per row of ``raw_windows``).
+
+        ``band_errors``, if given, an ``(n_windows, n_mels)`` array, receives each window's error
+        split by mel band (summed over the window's frames): its rows sum to the window errors.
+        """
         count = raw_windows.shape[0]
         result = np.empty(count, dtype=np.float32)
         bs = self.batch_size
@@ -308,6 +312,9 @@ class WindowScorer:
                 y = dequantize(y, self.bundle.output_quant)
             diff = y - x
             result[start : start + n] = np.einsum("ij,ij->i", diff, diff) / np.float32(x.shape[1])
+            if band_errors is not None:
+                squared = (diff * diff).reshape(n, self.bundle.params.frames, self.bundle.params.n_mels)
+                band_errors[start : start + n] = squared.sum(axis=1) / np.float32(x.shape[1])
         return result
 
     def frames_score(self, frames: np.ndarray) -> float:
