@@ -1,0 +1,158 @@
+"""Sensor health: is the input fit to judge the machine by?
+
+Judged every ``window_seconds`` of audio from the samples (clipping: full-scale samples; dead input:
+digital zeros), from the log-mel frames (level far below or above the level the model was trained
+on: a machine switched off, a disconnected or muted microphone, a gain change), from ring-buffer
+drops, and from what the audio layer reports (``sensor_fault``: a device that disappeared).
+
+A condition turns ``bad`` after it held for ``hold_seconds`` and ``ok`` after it was gone as long
+(drops and sensor faults turn bad at once). Each change is a ``health`` event; the bad and the ok
+event of one episode share an ``id``. While any condition is bad, the monitor suspends anomaly
+decisions and says so in the events (``decisions_suspended``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .events import Event, HealthInfo, Origin, new_id
+from .features import FeatureParams
+from .settings import HealthSettings
+
+FULL_SCALE = 0.999  # |sample| at or above this counts as clipped (int16 full scale is 32767/32768)
+IMMEDIATE = ("drops", "sensor_fault")
+
+
+@dataclass
+class _Condition:
+    name: str
+    bad: bool = False
+    flag_since: float | None = None   # position where the raw flag started (None: not flagged)
+    clear_since: float | None = None  # position where it stopped
+    id: str = ""
+    value: float = math.nan
+    limit: float = math.nan
+    message: str = ""
+
+
+class Health:
+    def __init__(self, settings: HealthSettings, params: FeatureParams, training_level_db: float, origin: Origin):
+        self.settings = settings
+        self.origin = origin
+        self.training_level_db = float(training_level_db)
+        self._window = max(1, int(round(settings.window_seconds * params.sample_rate)))
+        self._sample_rate = params.sample_rate
+        self._conditions = {name: _Condition(name) for name in
+                            ("clipping", "dead_input", "silence", "level_high", "drops", "sensor_fault")}
+        self._reset_window()
+        self.drops_total = 0
+        self.level_dbfs = math.nan      # of the last full window
+        self.clip_fraction = 0.0        # of the last full window
+        self.mel_level_db = math.nan    # of the last full window
+
+    def _reset_window(self) -> None:
+        self._n = 0
+        self._clipped = 0
+        self._zeros = 0
+        self._sumsq = 0.0
+        self._mel_sum = 0.0
+        self._mel_frames = 0
+        self._drops = 0
+
+    @property
+    def bad(self) -> bool:
+        return any(c.bad for c in self._conditions.values())
+
+    @property
+    def bad_conditions(self) -> list[str]:
+        return [c.name for c in self._conditions.values() if c.bad]
+
+    def frames(self, frames: np.ndarray) -> None:
+        """Log-mel frames of the current window (their mean level is compared with training)."""
+        if len(frames):
+            self._mel_sum += float(frames.mean(dtype=np.float64)) * len(frames)
+            self._mel_frames += len(frames)
+
+    def drops(self, count: int, position: float) -> list[Event]:
+        self.drops_total += count
+        self._drops += count
+        return self._update("drops", True, position, count, 0, f"{count} samples lost: the processing fell behind")
+
+    def sensor_fault(self, bad: bool, position: float, message: str) -> list[Event]:
+        return self._update("sensor_fault", bad, position, 1.0 if bad else 0.0, 0.0, message)
+
+    def samples(self, block: np.ndarray, end_position: float) -> list[Event]:
+        """Samples of the stream, in order; judges each complete window. ``end_position``: after the block."""
+        events: list[Event] = []
+        offset = 0
+        while offset < len(block):
+            take = min(len(block) - offset, self._window - self._n)
+            part = block[offset : offset + take]
+            magnitude = np.abs(part)
+            self._clipped += int(np.count_nonzero(magnitude >= FULL_SCALE))
+            self._zeros += take - int(np.count_nonzero(part))
+            self._sumsq += float(np.dot(part, part))
+            self._n += take
+            offset += take
+            if self._n == self._window:
+                events.extend(self._judge(end_position - (len(block) - offset) / self._sample_rate))
+        return events
+
+    def _judge(self, position: float) -> list[Event]:
+        s = self.settings
+        n = self._n
+        self.clip_fraction = self._clipped / n
+        zero_fraction = self._zeros / n
+        self.level_dbfs = 10 * math.log10(self._sumsq / n) if self._sumsq > 0 else -math.inf
+        self.mel_level_db = self._mel_sum / self._mel_frames if self._mel_frames else math.nan
+        below = self.training_level_db - self.mel_level_db if self._mel_frames else 0.0
+        dead = zero_fraction >= s.dead_fraction
+        events = []
+        events += self._update("clipping", self.clip_fraction > s.clip_fraction, position, self.clip_fraction,
+                               s.clip_fraction, f"{100 * self.clip_fraction:.2f} % of samples at full scale: "
+                               "lower the input gain")
+        events += self._update("dead_input", dead, position, zero_fraction, s.dead_fraction,
+                               f"{100 * zero_fraction:.1f} % digital zeros: the input is dead or muted, "
+                               "check the microphone and its cable")
+        events += self._update("silence", not dead and below > s.low_db, position, -below, -s.low_db,
+                               f"level {below:.0f} dB below the model's training level: machine off or "
+                               "microphone disconnected")
+        events += self._update("level_high", -below > s.high_db, position, -below, s.high_db,
+                               f"level {-below:.0f} dB above the model's training level: check gain and placement")
+        if self._drops == 0:
+            events += self._update("drops", False, position, 0, 0, "no samples lost")
+        self._reset_window()
+        return events
+
+    def _update(self, name: str, flagged: bool, position: float, value: float, limit: float,
+                message: str) -> list[Event]:
+        c = self._conditions[name]
+        hold = 0.0 if name in IMMEDIATE and flagged else self.settings.hold_seconds
+        window = self.settings.window_seconds
+        if flagged:
+            c.clear_since = None
+            if c.flag_since is None:
+                c.flag_since = position if name in IMMEDIATE else position - window
+            c.value, c.limit, c.message = value, limit, message
+            if not c.bad and position - c.flag_since >= hold:
+                c.bad = True
+                c.id = new_id()
+                return [self._event(c, "bad", position, 0)]
+        else:
+            c.flag_since = None
+            if c.bad:
+                if c.clear_since is None:
+                    c.clear_since = position - (0.0 if name in IMMEDIATE else window)
+                if position - c.clear_since >= hold:
+                    c.bad = False
+                    c.value, c.limit, c.message = value, limit, message
+                    return [self._event(c, "ok", position, 1)]
+        return []
+
+    def _event(self, c: _Condition, status: str, position: float, seq: int) -> Event:
+        text = c.message if status == "bad" else f"{c.name} cleared: {c.message}"
+        return self.origin.event("health", c.id, seq, position, decisions_suspended=self.bad,
+                                 health=HealthInfo(c.name, status, c.value, c.limit, text))

@@ -1,0 +1,191 @@
+"""One monitored machine: blocks of samples in, events out.
+
+``Monitor.process(block)`` runs the whole chain of the design guide — streaming log-mel, window
+stacking, int8 scoring, sensor health, the alert state machine — for any block size. Replay feeds
+it blocks of a file and scores windows in batches; the daemon feeds it what the ring buffer holds
+and scores one window at a time. Nothing here knows which of the two it serves, and both give the
+same window errors (``WindowScorer`` is bit-identical for any batch size).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .detector import ANOMALY, SUSPENDED, Detector, Threshold, decision_length, decision_threshold, explain_bands
+from .errors import BundleError
+from .events import Band, Event, Origin
+from .features import StreamingLogMel, mel_band_edges, windows
+from .health import Health
+from .model import Bundle, WindowScorer
+from .settings import MonitorSettings, Settings
+
+LIVE_BATCH = 1     # the daemon scores each window as it completes
+REPLAY_BATCH = 64          # windows per interpreter call in replay (measured best of 1..256 on 10-s clips)
+REPLAY_BLOCK_SECONDS = 8.0  # replay pushes files in blocks this long: fewer calls, same results
+
+
+class Monitor:
+    def __init__(self, settings: MonitorSettings, bundle: Bundle, *, node: str, source: str, live: bool,
+                 keep_errors: bool = False, scorer: WindowScorer | None = None):
+        self.settings = settings
+        self.name = settings.name
+        self.bundle = bundle
+        self.params = params = bundle.params
+        # an interpreter per monitor; replay passes the same one for every file
+        self.scorer = scorer or WindowScorer(bundle, batch_size=LIVE_BATCH if live else REPLAY_BATCH)
+        self.threshold: Threshold = decision_threshold(bundle.manifest, settings.decision.window_seconds,
+                                                       settings.threshold)
+        self.origin = Origin(node=node, monitor=settings.name, machine_type=bundle.machine_type,
+                             machine_id=bundle.machine_id, model_name=bundle.name, model_sha256=bundle.sha256,
+                             source=source)
+        self.features = StreamingLogMel(params)
+        self.detector = Detector(settings.decision, self.threshold.value, params, self.origin, self._explain)
+        # The level the model knows: the mean log-mel of its training windows (every band and frame).
+        self.health = Health(settings.health, params, float(np.mean(bundle.mean)), self.origin)
+        self._edges = mel_band_edges(params)
+        self._keep = self.detector.length + params.frames - 1  # frames behind the newest decision
+        self._hist = np.empty((self._keep + 64, params.n_mels), dtype=np.float32)
+        self._hist_n = 0
+        self._segment_start = 0     # sample position where the current gap-free segment began
+        self._segment_frames = 0    # frames emitted in it
+        self.position = 0           # samples of the stream so far, dropped ones included
+        self._errors: list[np.ndarray] | None = [] if keep_errors else None
+        self.windows_scored = 0
+
+    # --- the stream ---------------------------------------------------------------------------
+    def process(self, block: np.ndarray, dropped: int = 0) -> list[Event]:
+        """Samples in stream order (mono float32 at the model's rate); ``dropped`` samples were lost before them."""
+        sr = self.params.sample_rate
+        events: list[Event] = []
+        if dropped:
+            self.position += dropped
+            events += self.health.drops(dropped, self.position / sr)
+            self._gap()
+        end = self.position + len(block)
+        events += self.health.samples(block, end / sr)
+        frames = self.features.push(block)
+        self.position = end
+        self.health.frames(frames)
+        if self.health.bad and self.detector.state != SUSPENDED:
+            events += self.detector.suspend(end / sr)
+        elif not self.health.bad and self.detector.state == SUSPENDED:
+            self.detector.resume()
+        if len(frames):
+            events += self._score(frames)
+        return events
+
+    def finish(self, reason: str = "end_of_stream") -> list[Event]:
+        """The stream ends (end of file, shutdown, reload): close an open anomaly."""
+        return self.detector.finish(self.position / self.params.sample_rate, reason)
+
+    def sensor_fault(self, bad: bool, message: str) -> list[Event]:
+        """The audio layer lost (or got back) the device. Decisions are suspended while it is lost."""
+        events = self.health.sensor_fault(bad, self.position / self.params.sample_rate, message)
+        if bad:
+            events += self.detector.suspend(self.position / self.params.sample_rate)
+            self._gap()
+        return events
+
+    def _gap(self) -> None:
+        self.features.reset()
+        self.detector.reset_windows()
+        self._hist_n = 0
+        self._segment_start = self.position
+        self._segment_frames = 0
+
+    def _score(self, frames: np.ndarray) -> list[Event]:
+        p = self.params
+        new = len(frames)
+        need = self._hist_n + new
+        if need > len(self._hist):
+            grown = np.empty((need + self._keep, p.n_mels), dtype=np.float32)
+            grown[: self._hist_n] = self._hist[: self._hist_n]
+            self._hist = grown
+        self._hist[self._hist_n : need] = frames
+        first_frame = self._segment_frames  # segment index of frames[0]
+        self._segment_frames += new
+        self._hist_n = need
+        lo = max(0, need - new - (p.frames - 1))
+        count = need - lo - p.frames + 1
+        events: list[Event] = []
+        if count > 0:
+            errors = self.scorer.errors(windows(self._hist[lo:need], p))
+            self.windows_scored += count
+            if self._errors is not None:
+                self._errors.append(errors)
+            # the window whose last frame is segment frame k ends at segment_start + k·hop + n_fft
+            last_frame_of_first = first_frame + new - count
+            first_end = (self._segment_start + last_frame_of_first * p.hop_length + p.n_fft) / p.sample_rate
+            events = self.detector.push(errors, first_end)
+        if self._hist_n > self._keep:  # keep only what the next windows and explain() need
+            drop = self._hist_n - self._keep
+            self._hist[: self._keep] = self._hist[drop : self._hist_n]
+            self._hist_n = self._keep
+        return events
+
+    def _explain(self, windows_after: int) -> tuple[Band, ...]:
+        """Which mel bands carry the error of the decision window that ended ``windows_after`` windows ago."""
+        p = self.params
+        total = self._hist_n - p.frames + 1
+        stop = total - windows_after
+        start = max(0, stop - self.detector.length)
+        if stop <= start:
+            return ()
+        chosen = windows(self._hist[: self._hist_n], p)[start:stop]
+        band_errors = np.empty((stop - start, p.n_mels), dtype=np.float32)
+        self.scorer.errors(chosen, band_errors=band_errors)
+        return explain_bands(band_errors, self._edges)
+
+    # --- what the outside sees ----------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        """For the MQTT state topic: ``sensor_fault``, ``anomaly``, ``normal`` or ``unknown`` (no decision yet)."""
+        if self.health.bad:
+            return "sensor_fault"
+        if self.detector.state == ANOMALY:
+            return "anomaly"
+        return "normal" if self.detector.decisions else "unknown"
+
+    def clip_score(self) -> float:
+        """The DCASE clip score of everything scored so far (replay keeps the errors for it)."""
+        if self._errors is None:
+            raise RuntimeError("Monitor was created without keep_errors")
+        errors = np.concatenate(self._errors) if self._errors else np.empty(0, np.float32)
+        return float(errors.mean()) if errors.size else math.nan
+
+    def telemetry(self) -> dict:
+        period = self.detector.take_period()
+        return {
+            "state": self.state,
+            "score_mean": period["score_mean"],
+            "score_max": period["score_max"],
+            "decisions": period["decisions"],
+            "threshold": self.threshold.value,
+            "level_dbfs": self.health.level_dbfs if math.isfinite(self.health.level_dbfs) else None,
+            "clip_fraction": self.health.clip_fraction,
+            "drops": self.health.drops_total,
+            "health": self.health.bad_conditions,
+        }
+
+
+def open_bundles(settings: Settings) -> dict[str, Bundle]:
+    """Load and check the bundle of every monitor against the node's settings; errors name the monitor."""
+    bundles: dict[str, Bundle] = {}
+    for i, m in enumerate(settings.monitors):
+        where = f"monitors[{i}] ({m.name})"
+        try:
+            bundle = Bundle.load(m.model)
+        except BundleError as exc:
+            raise BundleError(f"{where}: {exc}") from None
+        rate = settings.audio.sample_rate
+        if rate is not None and rate < bundle.params.sample_rate:
+            raise BundleError(f"{where}: the model {bundle.name} needs {bundle.params.sample_rate} Hz audio but "
+                              f"audio.sample_rate is {rate}; capture at {bundle.params.sample_rate} Hz or more")
+        decision = m.decision
+        if decision_length(decision.window_seconds, bundle.params) < decision_length(decision.step_seconds,
+                                                                                      bundle.params):
+            raise BundleError(f"{where}: decision.step_seconds is longer than decision.window_seconds")
+        bundles[m.name] = bundle
+    return bundles
