@@ -125,6 +125,9 @@ def write_training_report(out: Path, manifest: dict, plots: dict) -> None:
         f"- threshold {th['value']:.4f}: quantile {th['quantile']} of a gamma fit (shape {th['gamma']['shape']:.3g}, "
         f"scale {th['gamma']['scale']:.3g}) to {th['held_out_clips']} held-out int8 clip scores; expected false-alarm "
         f"rate {th['expected_false_alarm_rate']:.3g} per clip, {th['held_out_exceed_fraction']:.3g} of held-out clips above",
+        "- decision thresholds (the detector's score: mean window error over a sliding window; quantile "
+        f"{manifest['decision']['quantile']} of a gamma fit to every decision score of the held-out clips): "
+        + ", ".join(f"{d['window_seconds']:g} s {d['value']:.4f}" for d in manifest["decision"]["thresholds"]),
         f"- export check ({check['interpreter']}): int8 vs float clip-score correlation "
         f"{check['int8_vs_float_clip_score_correlation']:.4f} over {check['clips']} clips; float TFLite vs Keras "
         f"max relative difference {check['float_tflite_vs_keras_max_relative_difference']:.2e}",

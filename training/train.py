@@ -25,6 +25,7 @@ import structlog
 
 import edge_monitor
 from edge_monitor.audio import parse_channel
+from edge_monitor.detector import DECISION_QUANTILE, DECISION_SECONDS, decision_length, sliding_means
 from edge_monitor.errors import AudioError, UserError
 from edge_monitor.features import FeatureParams, windows
 from edge_monitor.model import (
@@ -34,8 +35,8 @@ from edge_monitor.model import (
     MANIFEST_FILE,
     MODEL_FILE,
     SCORE_DEFINITION,
-    Quant,
     Bundle,
+    Quant,
     WindowScorer,
     sha256_file,
 )
@@ -172,6 +173,34 @@ def _gamma_threshold(scores: np.ndarray, quantile: float) -> dict:
     }
 
 
+def _decision_thresholds(clip_errors: list[np.ndarray], params: FeatureParams) -> dict:
+    """Thresholds for the detector's decision scores (mean window error over a few seconds).
+
+    For each calibrated length: every decision score the held-out clips give (sliding means of their
+    int8 window errors), a gamma fit (loc 0), and its ``DECISION_QUANTILE``. Decision scores of
+    neighbouring positions overlap, so the fit describes the marginal distribution a detector sees.
+    """
+    import scipy.stats
+
+    thresholds = []
+    for seconds in DECISION_SECONDS:
+        length = decision_length(seconds, params)
+        means = np.concatenate([sliding_means(e, length) for e in clip_errors])
+        if len(means) < 10:
+            continue
+        shape, loc, scale = scipy.stats.gamma.fit(means, floc=0.0)
+        value = float(scipy.stats.gamma.ppf(DECISION_QUANTILE, shape, loc=loc, scale=scale))
+        thresholds.append({"window_seconds": seconds, "windows": length, "value": value,
+                           "held_out_max": float(means.max()), "held_out_exceed_fraction": float(np.mean(means > value)),
+                           "decision_scores": int(len(means))})
+    return {
+        "score": "mean window error over the last window_seconds of audio (edge_monitor.detector.sliding_means)",
+        "method": "gamma_quantile of every decision score of the held-out clips, loc fixed at 0",
+        "quantile": DECISION_QUANTILE,
+        "thresholds": thresholds,
+    }
+
+
 def _staging(target: Path) -> Path:
     """An empty folder beside ``target`` where the bundle is built before it replaces ``target``."""
     staging = target.with_name(f".{target.name}.staging")
@@ -291,6 +320,8 @@ def train_one(clips: list[Clip], out: Path, params: FeatureParams, settings: Tra
     correlation = float(np.corrcoef(int8_scores, float_scores)[0, 1])
     float_vs_keras = float(np.max(np.abs(float_scores - keras_scores) / keras_scores))
     manifest["threshold"] = threshold
+    manifest["decision"] = _decision_thresholds(
+        [int8_scorer.errors(windows(frames[i], params)) for i in val_idx], params)
     duration_s = time.monotonic() - started
     manifest["training"] = {
         "clips": len(train_idx),
