@@ -27,6 +27,10 @@ COMMANDS = {
     "synth": ("training.synth", "add_arguments", "run", "write a synthetic DCASE-layout data set of machine sounds"),
     "demo": ("training.demo", "add_demo_arguments", "run_demo",
              "evaluate the bundled demo model on the bundled demo clips"),
+    "replay": ("edge_monitor.replay", "add_arguments", "run",
+               "push WAV files through the monitoring pipeline; exit 1 when an anomaly is found"),
+    "check": ("edge_monitor.check", "add_arguments", "run",
+              "validate a node config and every model bundle it names; print what would run"),
     "make-demo": ("training.demo", "add_make_arguments", "run_make",
                   "rebuild the bundled demo from synthetic data (needs the train extra)"),
 }

@@ -1,0 +1,66 @@
+"""``edge-monitor check [CONFIG]``: validate a node config and every bundle it names; print what would run.
+
+Exit 0 when the daemon could start with this config, 2 (one error line) when it could not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from .config import load
+from .detector import decision_threshold
+from .errors import UserError
+from .pipeline import open_bundles
+
+DEFAULT_CONFIGS = (Path("/etc/edge-monitor/config.yaml"), Path("config.yaml"))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", type=Path,
+                        help="config file (default: /etc/edge-monitor/config.yaml, else ./config.yaml)")
+
+
+def default_config() -> Path:
+    for path in DEFAULT_CONFIGS:
+        if path.is_file():
+            return path
+    raise UserError("no config given and neither /etc/edge-monitor/config.yaml nor ./config.yaml exists; "
+                    "pass the config file")
+
+
+def run(args: argparse.Namespace) -> int:
+    path = args.config or default_config()
+    settings = load(path)
+    bundles = open_bundles(settings)
+    print(f"config {path}: ok")
+    print(f"node {settings.node}: {len(settings.monitors)} monitor(s)")
+    audio = settings.audio
+    print(f"audio: device {audio.device if audio.device is not None else 'default'}, rate "
+          f"{audio.sample_rate or 'model rate'}, blocks {audio.block_seconds * 1000:.0f} ms, ring {audio.ring_seconds:g} s")
+    for m in settings.monitors:
+        b = bundles[m.name]
+        d = m.decision
+        threshold = decision_threshold(b.manifest, d.window_seconds, m.threshold)
+        device = m.device if m.device is not None else (audio.device if audio.device is not None else "default")
+        print(f"monitor {m.name}: device {device} channel {m.channel} → {b.name} "
+              f"({b.machine_type} {b.machine_id}, {b.params.sample_rate} Hz, sha256 {b.sha256[:12]}…) at {b.path}")
+        print(f"  decisions: {d.window_seconds:g}-s mean every {d.step_seconds:g} s, threshold {threshold.value:.4f} "
+              f"({threshold.origin}), {d.k_of_n[0]} of {d.k_of_n[1]} above to start, end below "
+              f"{d.hysteresis:g}x, min {d.min_duration_seconds:g} s, cooldown {d.cooldown_seconds:g} s")
+    mq = settings.mqtt
+    if mq.enabled:
+        tls = "TLS" if mq.tls is not None else "no TLS"
+        print(f"mqtt: {mq.host}:{mq.port} MQTT {mq.protocol}, {tls}, topics {mq.prefix}/{settings.node}/…, "
+              f"outbox {mq.outbox.path} (max {mq.outbox.max_messages} messages)")
+        parent = Path(mq.outbox.path).parent
+        if not parent.is_dir():
+            print(f"  note: {parent} does not exist yet (systemd's StateDirectory creates it for the service)")
+        elif not os.access(parent, os.W_OK):
+            print(f"  note: {parent} is not writable by this user (the service's user needs to write it)")
+    else:
+        print("mqtt: disabled (events go to the log and events_jsonl only)")
+    if settings.events_jsonl:
+        print(f"events also appended to {settings.events_jsonl}")
+    return 0

@@ -1,0 +1,210 @@
+"""``edge-monitor replay FILE …``: WAV files through the daemon's own pipeline.
+
+Each file is read (any WAV the training loader reads), its channel picked and resampled to the
+model's rate, then pushed in blocks through :class:`~edge_monitor.pipeline.Monitor` — the same
+object the daemon feeds from the microphone. Events go to ``--jsonl`` (and MQTT with ``--mqtt``);
+a short summary per file goes to standard output. Exit code: 0 no anomaly, 1 an anomaly, 2 an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .audio import load_audio, parse_channel
+from .errors import UserError
+from .events import Event, JsonlWriter
+from .model import Bundle, WindowScorer
+from .pipeline import REPLAY_BATCH, REPLAY_BLOCK_SECONDS, Monitor, open_bundles
+from .settings import AudioSettings, MonitorSettings, Settings
+
+DEMO_BUNDLE = Path(__file__).resolve().parent / "demo" / "fan-id_00"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", type=Path, metavar="FILE", help="WAV files to replay")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", type=Path, help="a model bundle folder (default: the bundled demo model)")
+    source.add_argument("--config", type=Path, help="a node config: replay through its monitors")
+    parser.add_argument("--monitor", help="with --config: only this monitor")
+    parser.add_argument("--channel", default=None,
+                        help="with --model: channel of multi-channel files, index or 'mix' (default 0)")
+    parser.add_argument("--threshold", type=float, help="with --model: decision threshold (default: the bundle's)")
+    parser.add_argument("--jsonl", help="write every event as a JSON line to this file ('-': standard output)")
+    parser.add_argument("--scores", type=Path, help="write per-file clip scores (DCASE mean window error) to this CSV")
+    parser.add_argument("--realtime", action="store_true", help="pace the replay like a microphone")
+    parser.add_argument("--block-seconds", type=float, default=None,
+                        help=f"block size pushed into the pipeline (default {REPLAY_BLOCK_SECONDS:g} s, or the "
+                             "config's audio block with --realtime); results do not depend on it")
+    parser.add_argument("--node", help="node name in events (default: the config's, else this host's name)")
+    parser.add_argument("--quiet", action="store_true", help="no per-file summary")
+
+
+@dataclass
+class FileResult:
+    file: Path
+    monitor: str
+    duration_s: float = 0.0
+    clip_score: float = float("nan")
+    threshold: float = float("nan")  # the decision threshold the monitor used
+    events: list[Event] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def anomalies(self) -> list[Event]:
+        return [e for e in self.events if e.type == "anomaly_start"]
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    if args.config is not None:
+        from .config import load
+
+        settings = load(args.config)
+        if args.channel is not None or args.threshold is not None:
+            raise UserError("replay: --channel and --threshold go with --model; with --config they come from the "
+                            "config's monitors")
+        monitors = settings.monitors
+        if args.monitor is not None:
+            monitors = tuple(m for m in monitors if m.name == args.monitor)
+            if not monitors:
+                names = ", ".join(m.name for m in settings.monitors)
+                raise UserError(f"replay: no monitor {args.monitor!r} in {args.config} (it has: {names})")
+        node = args.node or settings.node
+        return Settings(node=node, monitors=monitors, audio=settings.audio, mqtt=settings.mqtt, source=settings.source)
+    if args.monitor is not None:
+        raise UserError("replay: --monitor goes with --config")
+    model = args.model if args.model is not None else DEMO_BUNDLE
+    channel = parse_channel(args.channel if args.channel is not None else 0)
+    if args.threshold is not None and not args.threshold > 0:
+        raise UserError(f"replay: --threshold must be > 0, got {args.threshold}")
+    name = Bundle.load(model).name
+    monitor = MonitorSettings(name=name, model=str(model), channel=channel, threshold=args.threshold)  # type: ignore[arg-type]
+    return Settings(node=args.node or socket.gethostname(), monitors=(monitor,), audio=AudioSettings())
+
+
+def replay_file(path: Path, settings: Settings, bundles: dict[str, Bundle], *, block_seconds: float,
+                realtime: bool, sinks: list, scorers: dict[str, WindowScorer] | None = None) -> list[FileResult]:
+    """Replay one file through every monitor; returns one result per monitor."""
+    results = []
+    scorers = scorers if scorers is not None else {}
+    for m in settings.monitors:
+        bundle = bundles[m.name]
+        result = FileResult(path, m.name)
+        results.append(result)
+        sr = bundle.params.sample_rate
+        try:
+            samples = load_audio(path, sr, m.channel)
+        except UserError as exc:
+            result.error = str(exc)
+            continue
+        if m.name not in scorers:
+            scorers[m.name] = WindowScorer(bundle, batch_size=REPLAY_BATCH)
+        monitor = Monitor(m, bundle, node=settings.node, source=str(path), live=False, keep_errors=True,
+                          scorer=scorers[m.name])
+        result.threshold = monitor.threshold.value
+        result.duration_s = len(samples) / sr
+        if len(samples) < m.decision.window_seconds * sr:
+            result.error = (f"{path}: {result.duration_s:.2f} s of audio is shorter than the "
+                            f"{m.decision.window_seconds:g}-s decision window of monitor {m.name}; replay at least "
+                            f"{m.decision.window_seconds:g} s")
+            continue
+        block = max(1, int(round(block_seconds * sr)))
+        started = time.monotonic()
+        for start in range(0, len(samples), block):
+            if realtime:
+                time.sleep(max(0.0, start / sr - (time.monotonic() - started)))
+            _emit(monitor.process(samples[start : start + block]), result, sinks)
+        _emit(monitor.finish("end_of_stream"), result, sinks)
+        result.clip_score = monitor.clip_score()
+    return results
+
+
+def _emit(events: list[Event], result: FileResult, sinks: list) -> None:
+    for event in events:
+        result.events.append(event)
+        for sink in sinks:
+            sink.write(event)
+
+
+def _summary(result: FileResult, bundle: Bundle, out) -> None:
+    name, threshold = result.file.name, result.threshold
+    clip = "above" if result.clip_score > bundle.threshold else "below"
+    print(f"{name}  {result.duration_s:.1f} s  monitor {result.monitor} ({bundle.name})", file=out)
+    print(f"  clip score {result.clip_score:.4f} ({clip} the clip threshold {bundle.threshold:.4f}); "
+          f"decision threshold {threshold:.4f}", file=out)
+    ends = {e.id: e for e in result.events if e.type == "anomaly_end"}
+    for start in result.anomalies:
+        end = ends.get(start.id)
+        info = (end or start).anomaly
+        assert info is not None
+        until = f"{end.audio_position_s:.1f} s" if end else "?"
+        if end is not None and end.anomaly and end.anomaly.reason == "end_of_stream":
+            until += " (end of file)"
+        bands = ", ".join(b.label() for b in start.bands)
+        print(f"  ANOMALY from {info.started_position_s:.1f} s (alert at {start.audio_position_s:.1f} s) to {until}: "
+              f"peak {info.peak_score:.4f} = {info.peak_score / threshold:.2f}x threshold; bands {bands}", file=out)
+    for e in result.events:
+        if e.type == "health" and e.health is not None:
+            print(f"  health at {e.audio_position_s:.1f} s: {e.health.condition} {e.health.status}: {e.health.message}",
+                  file=out)
+    if not result.anomalies:
+        print("  no anomaly", file=out)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    bundles = open_bundles(settings)
+    if args.block_seconds is not None and not 0 < args.block_seconds <= 60:
+        raise UserError(f"replay: --block-seconds must be in (0, 60], got {args.block_seconds}")
+    block_seconds = args.block_seconds or (settings.audio.block_seconds if args.realtime else REPLAY_BLOCK_SECONDS)
+    for path in args.files:
+        if not path.is_file():
+            raise UserError(f"{path}: no such file; give WAV files to replay")
+    sinks: list = []
+    if args.jsonl:
+        try:
+            sinks.append(JsonlWriter(args.jsonl))
+        except OSError as exc:
+            raise UserError(f"--jsonl {args.jsonl}: cannot open: {exc.strerror}") from None
+    out = sys.stderr if args.jsonl == "-" else sys.stdout
+    results: list[FileResult] = []
+    scorers: dict[str, WindowScorer] = {}
+    try:
+        for path in args.files:
+            file_results = replay_file(path, settings, bundles, block_seconds=block_seconds,
+                                       realtime=args.realtime, sinks=sinks, scorers=scorers)
+            for r in file_results:
+                if r.error:
+                    print(f"edge-monitor: error: {r.error}", file=sys.stderr)
+                elif not args.quiet:
+                    _summary(r, bundles[r.monitor], out)
+            results.extend(file_results)
+    finally:
+        for sink in sinks:
+            sink.close()
+    if args.scores:
+        _write_scores(args.scores, results, bundles)
+    if any(r.error for r in results):
+        return 2
+    return 1 if any(r.anomalies for r in results) else 0
+
+
+def _write_scores(path: Path, results: list[FileResult], bundles: dict[str, Bundle]) -> None:
+    try:
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["file", "monitor", "model", "model_sha256", "duration_s", "clip_score", "clip_threshold",
+                             "anomalies"])
+            for r in results:
+                if r.error:
+                    continue
+                b = bundles[r.monitor]
+                writer.writerow([str(r.file), r.monitor, b.name, b.sha256, f"{r.duration_s:.3f}", repr(r.clip_score),
+                                 repr(b.threshold), len(r.anomalies)])
+    except OSError as exc:
+        raise UserError(f"--scores {path}: cannot write: {exc.strerror}") from None
