@@ -6,7 +6,8 @@ on: a machine switched off, a disconnected or muted microphone, a gain change), 
 drops, and from what the audio layer reports (``sensor_fault``: a device that disappeared).
 
 A condition turns ``bad`` after it held for ``hold_seconds`` and ``ok`` after it was gone as long
-(drops and sensor faults turn bad at once). Each change is a ``health`` event; the bad and the ok
+(drops turn bad at once; a
+sensor fault turns bad and ok when the audio layer says so). Each change is a ``health`` event; the bad and the ok
 event of one episode share an ``id``. While any condition is bad, the monitor suspends anomaly
 decisions and says so in the events (``decisions_suspended``).
 """
@@ -81,6 +82,12 @@ class Health:
         self._drops += count
         return self._update("drops", True, position, count, 0, f"{count} samples lost: the processing fell behind")
 
+    def input_overflow(self, count: int, position: float) -> list[Event]:
+        """The audio driver reported ``count`` overflows: samples were lost before they reached us."""
+        self._drops += count
+        return self._update("drops", True, position, count, 0,
+                            f"the audio driver reported {count} input overflow(s): samples were lost")
+
     def sensor_fault(self, bad: bool, position: float, message: str) -> list[Event]:
         return self._update("sensor_fault", bad, position, 1.0 if bad else 0.0, 0.0, message)
 
@@ -130,7 +137,8 @@ class Health:
     def _update(self, name: str, flagged: bool, position: float, value: float, limit: float,
                 message: str) -> list[Event]:
         c = self._conditions[name]
-        hold = 0.0 if name in IMMEDIATE and flagged else self.settings.hold_seconds
+        # drops turn bad at once and ok after a quiet hold; the audio layer's word on a device is final
+        hold = 0.0 if name == "sensor_fault" or (name in IMMEDIATE and flagged) else self.settings.hold_seconds
         window = self.settings.window_seconds
         if flagged:
             c.clear_since = None

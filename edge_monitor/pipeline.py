@@ -44,6 +44,7 @@ class Monitor:
         self.detector = Detector(settings.decision, self.threshold.value, params, self.origin, self._explain)
         # The level the model knows: the mean log-mel of its training windows (every band and frame).
         self.health = Health(settings.health, params, float(np.mean(bundle.mean)), self.origin)
+        self._quiet_db = self.health.training_level_db - settings.health.low_db  # see _decide
         self._edges = mel_band_edges(params)
         self._keep = self.detector.length + params.frames - 1  # frames behind the newest decision
         self._hist = np.empty((self._keep + 64, params.n_mels), dtype=np.float32)
@@ -79,6 +80,12 @@ class Monitor:
     def finish(self, reason: str = "end_of_stream") -> list[Event]:
         """The stream ends (end of file, shutdown, reload): close an open anomaly."""
         return self.detector.finish(self.position / self.params.sample_rate, reason)
+
+    def input_overflow(self, count: int) -> list[Event]:
+        """The driver lost samples (PortAudio input overflow): a gap of unknown length."""
+        events = self.health.input_overflow(count, self.position / self.params.sample_rate)
+        self._gap()
+        return events
 
     def sensor_fault(self, bad: bool, message: str) -> list[Event]:
         """The audio layer lost (or got back) the device. Decisions are suspended while it is lost."""
@@ -118,11 +125,40 @@ class Monitor:
             # the window whose last frame is segment frame k ends at segment_start + k·hop + n_fft
             last_frame_of_first = first_frame + new - count
             first_end = (self._segment_start + last_frame_of_first * p.hop_length + p.n_fft) / p.sample_rate
-            events = self.detector.push(errors, first_end)
+            events = self._decide(errors, first_end, self._hist[lo:need])
         if self._hist_n > self._keep:  # keep only what the next windows and explain() need
             drop = self._hist_n - self._keep
             self._hist[: self._keep] = self._hist[drop : self._hist_n]
             self._hist_n = self._keep
+        return events
+
+    def _decide(self, errors: np.ndarray, first_end: float, frames: np.ndarray) -> list[Event]:
+        """Window errors to the detector, except windows with a frame far below the training level.
+
+        Silence (a machine switched off, a dropout of digital zeros) is a health matter: its
+        reconstruction error is huge but says nothing about the machine, and health needs
+        ``hold_seconds`` to call it. Such windows are treated like a gap in the audio instead.
+        """
+        quiet = frames.mean(axis=1) < self._quiet_db
+        if not quiet.any():
+            return self.detector.push(errors, first_end)
+        counts = np.concatenate(([0], np.cumsum(quiet)))
+        f = self.params.frames
+        bad = counts[f:] - counts[:-f] > 0  # window i holds frames i .. i+f-1
+        events: list[Event] = []
+        step = self.params.hop_length / self.params.sample_rate
+        start = 0
+        while start < len(errors):
+            if bad[start]:
+                self.detector.reset_windows()
+                while start < len(errors) and bad[start]:
+                    start += 1
+                continue
+            stop = start
+            while stop < len(errors) and not bad[stop]:
+                stop += 1
+            events += self.detector.push(errors[start:stop], first_end + start * step)
+            start = stop
         return events
 
     def _explain(self, windows_after: int) -> tuple[Band, ...]:

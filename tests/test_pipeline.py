@@ -160,3 +160,28 @@ def test_threshold_override_and_state(bundle):
     assert t["state"] == "anomaly" and t["decisions"] > 0 and t["score_max"] >= t["score_mean"] > 0.5
     assert t["level_dbfs"] == pytest.approx(-27.9, abs=1.0)
     assert m.telemetry()["decisions"] == 0  # reset by the read
+
+
+def test_dropouts_and_a_machine_switched_off_are_not_anomalies(bundle):
+    normal = clip("normal")
+    gap = np.zeros(1600, np.float32)  # 0.1 s of digital zeros, as from a dropout
+    dropouts = np.concatenate([normal[:SR * 2], gap, normal[SR * 2 : SR * 4], gap, normal[SR * 4 :]])
+    m = monitor(bundle, live=True)
+    events = run(m, dropouts, iter(lambda: 1024, None))
+    assert [e for e in events if e.type.startswith("anomaly")] == []
+    off = np.concatenate([normal, np.zeros(SR * 8, np.float32)])  # the machine (and its sound) stops
+    m = monitor(bundle, live=True)
+    events = run(m, off, iter(lambda: 1024, None))
+    assert [e.type for e in events] == ["health"]
+    assert events[0].health.condition == "dead_input" and m.state == "sensor_fault"
+
+
+def test_sensor_fault_from_the_audio_layer_turns_bad_and_ok_at_once(bundle):
+    m = monitor(bundle, live=True)
+    run_blocks(m, [clip("normal")[: SR * 3]])
+    (bad,) = m.sensor_fault(True, "device 'usb' stopped delivering audio")
+    assert (bad.health.condition, bad.health.status, bad.decisions_suspended) == ("sensor_fault", "bad", True)
+    assert m.state == "sensor_fault"
+    (ok,) = m.sensor_fault(False, "device 'usb' is back")
+    assert (ok.health.status, ok.id, ok.decisions_suspended) == ("ok", bad.id, False)
+    assert m.state != "sensor_fault"
