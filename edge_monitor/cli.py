@@ -29,6 +29,12 @@ COMMANDS = {
              "evaluate the bundled demo model on the bundled demo clips"),
     "replay": ("edge_monitor.replay", "add_arguments", "run",
                "push WAV files through the monitoring pipeline; exit 1 when an anomaly is found"),
+    "run": ("edge_monitor.daemon", "add_arguments", "run",
+            "the daemon: listen to the configured microphones, publish events (systemd service)"),
+    "devices": ("edge_monitor.mic", "add_devices_arguments", "run_devices",
+                "list audio input devices with their channels and default rates"),
+    "mqtt-test": ("edge_monitor.mqtt", "add_test_arguments", "run_test",
+                  "connect to the configured broker, publish a test message, say exactly what failed"),
     "check": ("edge_monitor.check", "add_arguments", "run",
               "validate a node config and every model bundle it names; print what would run"),
     "make-demo": ("training.demo", "add_make_arguments", "run_make",
@@ -44,8 +50,9 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="edge-monitor", description="Acoustic anomaly detection for machines, on the edge.")
     parser.add_argument("--version", action="version", version=f"edge-monitor {__version__}")
-    parser.add_argument("--log-format", choices=("auto", "console", "json"), default="auto")
-    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    # None: the config's logging section (run), else auto / info
+    parser.add_argument("--log-format", choices=("auto", "console", "json"), default=None)
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=None)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, (module, add_hook, run_hook, help_text) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text)
@@ -58,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
-        configure(args.log_format, args.log_level)
+        configure(args.log_format or "auto", args.log_level or "info")
         module, run_hook = args.run
         return int(getattr(import_module(module), run_hook)(args) or 0)
     except UserError as exc:

@@ -41,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--block-seconds", type=float, default=None,
                         help=f"block size pushed into the pipeline (default {REPLAY_BLOCK_SECONDS:g} s, or the "
                              "config's audio block with --realtime); results do not depend on it")
+    parser.add_argument("--mqtt", nargs="?", const="", metavar="URL",
+                        help="also publish the events over MQTT: mqtt[s]://[user@]host[:port] (no URL: the config's "
+                             "mqtt section); undelivered events stay in the outbox for the next run")
     parser.add_argument("--node", help="node name in events (default: the config's, else this host's name)")
     parser.add_argument("--quiet", action="store_true", help="no per-file summary")
 
@@ -171,6 +174,9 @@ def run(args: argparse.Namespace) -> int:
             sinks.append(JsonlWriter(args.jsonl))
         except OSError as exc:
             raise UserError(f"--jsonl {args.jsonl}: cannot open: {exc.strerror}") from None
+    publisher = _publisher(args, settings, bundles) if args.mqtt is not None else None
+    if publisher is not None:
+        sinks.append(_EventPublisher(publisher))
     out = sys.stderr if args.jsonl == "-" else sys.stdout
     results: list[FileResult] = []
     scorers: dict[str, WindowScorer] = {}
@@ -187,11 +193,63 @@ def run(args: argparse.Namespace) -> int:
     finally:
         for sink in sinks:
             sink.close()
+    undelivered = _drain(publisher) if publisher is not None else 0
     if args.scores:
         _write_scores(args.scores, results, bundles)
-    if any(r.error for r in results):
+    if undelivered:
+        print(f"edge-monitor: error: MQTT: {undelivered} message(s) not acknowledged by the broker "
+              f"{publisher.settings.host}:{publisher.settings.port}; kept in {publisher.settings.outbox.path} for "
+              "the next run",
+              file=sys.stderr)
+    if any(r.error for r in results) or undelivered:
         return 2
     return 1 if any(r.anomalies for r in results) else 0
+
+
+class _EventPublisher:
+    def __init__(self, publisher):
+        self.publisher = publisher
+
+    def write(self, event: Event) -> None:
+        self.publisher.publish_event(event)
+
+    def close(self) -> None:
+        pass
+
+
+MQTT_DRAIN_SECONDS = 10.0
+REPLAY_OUTBOX = Path.home() / ".cache" / "edge-monitor" / "replay-outbox.sqlite"
+
+
+def _publisher(args: argparse.Namespace, settings: Settings, bundles: dict[str, Bundle]):
+    """A publisher for ``--mqtt``: the config's mqtt section (or defaults) with the URL's broker on top."""
+    from dataclasses import replace
+
+    from .mqtt import Publisher, parse_url
+
+    mq = settings.mqtt
+    if args.mqtt:
+        mq = parse_url(args.mqtt, mq)
+    elif args.config is None:
+        raise UserError("replay: --mqtt without a URL takes the broker from --config; give a URL, e.g. "
+                        "--mqtt mqtt://localhost")
+    if args.config is None:  # no config: keep the outbox in the user's cache, not in /var/lib
+        REPLAY_OUTBOX.parent.mkdir(parents=True, exist_ok=True)
+        mq = replace(mq, outbox=replace(mq.outbox, path=str(REPLAY_OUTBOX)))
+    mq = replace(mq, enabled=True)
+    monitors = [{"name": m.name, "model": bundles[m.name].name, "sha256": bundles[m.name].sha256}
+                for m in settings.monitors]
+    publisher = Publisher(mq, settings.node, monitors=monitors)
+    publisher.start()
+    return publisher
+
+
+def _drain(publisher) -> int:
+    """Wait for the broker to acknowledge everything; returns how many messages are still queued."""
+    publisher.wait_drained(MQTT_DRAIN_SECONDS)
+    queued = publisher.stats()["queued"]
+    publisher.stop(timeout=1.0)
+    return queued
 
 
 def _write_scores(path: Path, results: list[FileResult], bundles: dict[str, Bundle]) -> None:

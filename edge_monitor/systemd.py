@@ -21,6 +21,7 @@ class Notifier:
         self._socket: socket.socket | None = None
         if self._address:
             self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self._socket.setblocking(False)  # a receiver that does not read must never stall the daemon
         usec = env.get("WATCHDOG_USEC", "")
         pid = env.get("WATCHDOG_PID", "")
         mine = not pid or pid == str(os.getpid())
@@ -36,7 +37,7 @@ class Notifier:
         try:
             self._socket.sendto("\n".join(lines).encode(), self._address)
             return True
-        except OSError:  # systemd gone or socket full: never take the daemon down for it
+        except OSError:  # systemd gone or its queue full (EAGAIN): never take the daemon down for it
             return False
 
     def ready(self, status: str) -> bool:

@@ -57,3 +57,14 @@ def test_watchdog_for_another_pid_is_ignored(tmp_path):
     n = Notifier({"NOTIFY_SOCKET": str(tmp_path / "none"), "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"})
     assert n.watchdog_seconds is None
     assert n.watchdog() is False  # the socket does not exist: reported, never raised
+
+
+def test_a_receiver_that_does_not_read_never_blocks_the_sender(listener):
+    path, _sock = listener  # bound, never read: the datagram queue fills up
+    n = Notifier({"NOTIFY_SOCKET": path})
+    import time
+
+    started = time.monotonic()
+    results = [n.watchdog() for _ in range(500)]
+    assert time.monotonic() - started < 2.0
+    assert results[0] is True and results[-1] is False  # the first ones queued, the rest dropped, none blocked

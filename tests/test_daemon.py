@@ -1,0 +1,245 @@
+"""``edge-monitor run`` end to end with real parts: a private PulseAudio server (null sink; the daemon
+records its monitor through sounddevice and ALSA's ``pulse`` device), a private mosquitto, the systemd
+notify socket, the bundled demo model, WAVs played with ``paplay``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mqtt_helpers import Broker, Subscriber
+from pulse import PulseServer, have_pulseaudio
+
+from edge_monitor.audio import write_wav
+from edge_monitor.cli import DEMO_DIR
+from edge_monitor.events import validate
+from training.synth import synth_clip
+
+pytestmark = pytest.mark.skipif(not have_pulseaudio(), reason="pulseaudio is not installed "
+                                "(apt-get install pulseaudio pulseaudio-utils libasound2-plugins libportaudio2)")
+
+BUNDLE = DEMO_DIR / "fan-id_00"
+NODE = "e2e"
+
+
+@pytest.fixture()
+def clips(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clips")
+    rng = np.random.default_rng(42)
+    normal = folder / "normal.wav"
+    anomaly = folder / "anomaly.wav"
+    write_wav(normal, synth_clip("fan", 0, 14.0, 16000, rng=rng), 16000)
+    write_wav(anomaly, synth_clip("fan", 0, 10.0, 16000, rng=rng, fault="bearing", severity=0.5), 16000)
+    return normal, anomaly
+
+
+class Node:
+    """The daemon as a subprocess with its config, notify socket, broker and subscriber."""
+
+    def __init__(self, root: Path, pulse: PulseServer, broker: Broker, **overrides):
+        self.root = root
+        self.pulse = pulse
+        self.broker = broker
+        self.config = root / "config.yaml"
+        self.events = root / "events.jsonl"
+        self.write_config(**overrides)
+        self.notify_path = str(root / "notify.sock")
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(self.notify_path)
+        self.notify.settimeout(0.2)
+        self.messages: list[str] = []
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read_notify, daemon=True)  # systemd always reads
+        self._reader.start()
+        self.sub = Subscriber(broker.port, f"edge-monitor/{NODE}/#")
+        self.log = open(root / "daemon.log", "w+")  # noqa: SIM115
+        env = {**os.environ, **pulse.env, "NOTIFY_SOCKET": self.notify_path, "WATCHDOG_USEC": "10000000"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "edge_monitor.cli", "--log-format", "json", "run",
+                                      "--config", str(self.config)], env=env, stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+
+    def write_config(self, threshold: str = "null", extra: str = "") -> None:
+        self.config.write_text(f"""
+node: {NODE}
+audio:
+  device: pulse
+monitors:
+  - name: fan-1
+    model: {BUNDLE}
+    threshold: {threshold}
+mqtt:
+  enabled: true
+  host: 127.0.0.1
+  port: {self.broker.port}
+  telemetry_seconds: 1.0
+  reconnect_min_seconds: 0.2
+  reconnect_max_seconds: 1.0
+  outbox:
+    path: {self.root / 'outbox.sqlite'}
+events_jsonl: {self.events}
+{extra}""")
+
+    def _read_notify(self) -> None:
+        while True:
+            try:
+                message = self.notify.recv(4096).decode()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self.messages.append(message)
+
+    def read_notify(self, until: str, timeout: float, after: int = 0) -> bool:
+        """Wait for a notify message containing ``until`` (among messages number ``after`` onwards)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if any(until in m for m in self.messages[after:]):
+                    return True
+            if self.proc.poll() is not None:
+                return False
+            time.sleep(0.05)
+        return False
+
+    def output(self) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text()
+
+    def events_of(self, kind: str) -> list[dict]:
+        return [e for e in self.sub.events() if e["type"] == kind]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.sub.close()
+        self.notify.close()
+        self.log.close()
+
+
+@pytest.fixture()
+def node_factory(tmp_path, pulse_server):
+    broker = Broker(tmp_path / "broker").start()
+    nodes = []
+
+    def make(**overrides) -> Node:
+        node = Node(tmp_path, pulse_server, broker, **overrides)
+        nodes.append(node)
+        assert node.read_notify("READY=1", 30), node.output()
+        return node
+
+    yield make
+    for node in nodes:
+        node.stop()
+    broker.stop()
+
+
+@pytest.fixture()
+def pulse_server(tmp_path):
+    # 16 kHz mono like the model: the sound reaches the daemon without a resampler in between (a
+    # 16→48→16 kHz round trip removes the top of the band, which the model rightly finds unusual)
+    server = PulseServer(tmp_path / "pulse", rate=16000, channels=1).start()
+    yield server
+    server.kill()
+
+
+def test_normal_then_anomalous_sound_reaches_scada_and_sigterm_goes_offline(node_factory, clips):
+    normal, anomaly = clips
+    node = node_factory()
+    assert node.sub.wait_for(lambda ms: any(m.topic.endswith("/status") and m.json()["state"] == "online"
+                                            for m in ms), 10)
+    node.pulse.play(normal)
+    played_anomaly = time.monotonic()
+    assert node.events_of("anomaly_start") == [], "an anomaly during the normal sound"
+    node.pulse.play(anomaly, wait=False)
+    assert node.sub.wait_for(lambda ms: any(m.topic.endswith("/event") and m.json()["type"] == "anomaly_start"
+                                            for m in ms), 15), node.output()
+    latency = time.monotonic() - played_anomaly
+    start = node.events_of("anomaly_start")[0]
+    assert validate(start) == [] and start["monitor"] == "fan-1" and start["node"] == NODE
+    assert start["source"].startswith("mic:") and start["explanation"]["bands"]
+    assert latency < 8.0, latency
+    # retained state says anomaly; telemetry flows
+    assert node.sub.wait_for(lambda ms: any(m.topic.endswith("fan-1/state") and m.json()["state"] == "anomaly"
+                                            for m in ms), 5)
+    assert node.sub.wait_for(lambda ms: any(m.topic.endswith("fan-1/telemetry") for m in ms), 5)
+    # systemd saw readiness, watchdog pings and status lines
+    node.read_notify("WATCHDOG=1", 5)
+    assert any("WATCHDOG=1" in m for m in node.messages)
+    assert any("STATUS=fan-1" in m for m in node.messages)
+    stopped = time.monotonic()
+    node.proc.send_signal(signal.SIGTERM)
+    assert node.proc.wait(5) == 0, node.output()
+    assert time.monotonic() - stopped < 2.5
+    assert node.sub.wait_for(lambda ms: any(m.topic.endswith("/status") and m.json()["state"] == "offline"
+                                            and m.json().get("reason") == "shutdown" for m in ms), 5)
+    assert any("STOPPING=1" in m for m in node.messages) or node.read_notify("STOPPING=1", 1)
+    # the JSON-lines file holds the same events, each valid
+    lines = [json.loads(line) for line in node.events.read_text().splitlines()]
+    assert any(e["type"] == "anomaly_start" for e in lines) and all(validate(e) == [] for e in lines)
+    assert '"monitor": "fan-1"' in node.output()  # JSON log lines carry monitor=
+
+
+def test_microphone_lost_and_back_is_a_sensor_fault_not_a_crash(node_factory, clips):
+    node = node_factory()
+    node.pulse.unload_source()
+    assert node.sub.wait_for(lambda ms: any(m.topic.endswith("/event") and m.json()["type"] == "health"
+                                            and m.json()["health"]["condition"] == "sensor_fault"
+                                            and m.json()["health"]["status"] == "bad" for m in ms), 15), node.output()
+    assert node.proc.poll() is None
+    assert node.sub.wait_for(lambda ms: any(m.topic.endswith("fan-1/state") and m.json()["state"] == "sensor_fault"
+                                            for m in ms), 5)
+    node.pulse.reload_source()
+    assert node.sub.wait_for(lambda ms: any(m.topic.endswith("/event") and m.json()["type"] == "health"
+                                            and m.json()["health"]["condition"] == "sensor_fault"
+                                            and m.json()["health"]["status"] == "ok" for m in ms), 40), node.output()
+    faults = [e for e in node.events_of("health") if e["health"]["condition"] == "sensor_fault"]
+    assert faults[0]["id"] == faults[-1]["id"]
+    node.pulse.play(clips[1])  # audio flows again after recovery: the fault is detected
+    assert node.sub.wait_for(lambda ms: any(m.topic.endswith("/event") and m.json()["type"] == "anomaly_start"
+                                            for m in ms), 15), node.output()
+
+
+def test_sighup_applies_a_new_threshold_and_rejects_a_broken_config(node_factory, clips):
+    normal, _ = clips
+    node = node_factory()
+    node.write_config(threshold="0.05")  # far below any normal score: everything becomes an anomaly
+    seen = len(node.messages)
+    node.proc.send_signal(signal.SIGHUP)
+    assert node.read_notify("RELOADING=1", 5, after=seen)
+    assert node.read_notify("READY=1", 10, after=seen)
+    assert "reload accepted" in node.output()
+    node.pulse.play(normal)
+    assert node.sub.wait_for(lambda ms: any(m.topic.endswith("/event") and m.json()["type"] == "anomaly_start"
+                                            and m.json()["threshold"] == 0.05 for m in ms), 15), node.output()
+    pid = node.proc.pid
+    node.config.write_text(node.config.read_text().replace("threshold: 0.05", "threshold: -1"))
+    node.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "reload rejected" not in node.output() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "reload rejected" in node.output() and "monitors[0].threshold" in node.output()
+    assert node.proc.poll() is None and node.proc.pid == pid
+    node.pulse.play(normal)  # still the 0.05 threshold: still anomalies, no restart
+    assert node.proc.poll() is None
+
+
+def test_bad_config_fails_fast_with_one_line(tmp_path, pulse_server):
+    config = tmp_path / "bad.yaml"
+    config.write_text(f"node: n\naudio:\n  device: no-such-microphone\nmonitors:\n  - name: a\n    model: {BUNDLE}\n")
+    env = {**os.environ, **pulse_server.env}
+    proc = subprocess.run([sys.executable, "-m", "edge_monitor.cli", "run", "--config", str(config)], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "edge-monitor: error: no input device matches 'no-such-microphone'" in proc.stderr
