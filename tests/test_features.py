@@ -190,3 +190,15 @@ def test_params_round_trip_through_dict():
     assert FeatureParams.from_dict(P.to_dict()) == P == FeatureParams(fmax=8000.0)
     with pytest.raises(FeatureError, match="unknown parameter"):
         FeatureParams.from_dict({**P.to_dict(), "center": True})
+
+
+def test_the_lightweight_fft_is_scipys_own():
+    """features loads scipy's pocketfft extension directly (less memory); it must equal scipy.fft.rfft."""
+    import scipy.fft
+
+    from edge_monitor import features
+
+    assert features._FFT_NAME == "pypocketfft"  # the memory saving is in effect with this scipy
+    x = np.random.default_rng(4).standard_normal((37, P.n_fft)).astype(np.float32)
+    np.testing.assert_array_equal(features._rfft(x), scipy.fft.rfft(x, axis=1))
+    assert features._rfft(x).dtype == np.complex64
