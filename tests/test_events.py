@@ -1,0 +1,92 @@
+"""The event schema: what validate() accepts and refuses, and that README documents every field."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from edge_monitor.events import (
+    _FIELDS,
+    AnomalyInfo,
+    Band,
+    HealthInfo,
+    Origin,
+    iso_ms,
+    new_id,
+    validate,
+)
+
+ORIGIN = Origin("node1", "fan-1", "fan", "id_00", "fan-id_00", "ab" * 32, "mic:usb:0")
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def anomaly_event() -> dict:
+    info = AnomalyInfo(started_ms=1_700_000_000_000, started_position_s=1.5, duration_s=2.5, peak_score=0.9,
+                       mean_score=0.85)
+    bands = (Band(92, 99, 3278.0, 4072.5, 0.19),)
+    return ORIGIN.event("anomaly_start", new_id(), 0, 4.0, score=0.9, threshold=0.75, anomaly=info,
+                        bands=bands).to_dict()
+
+
+def health_event() -> dict:
+    return ORIGIN.event("health", new_id(), 0, 2.0, decisions_suspended=True,
+                        health=HealthInfo("dead_input", "bad", 1.0, 0.99, "dead")).to_dict()
+
+
+def test_valid_events_pass_and_survive_json():
+    for event in (anomaly_event(), health_event()):
+        assert validate(event) == []
+        assert validate(json.loads(json.dumps(event))) == []
+        assert validate({**event, "seq": 7}) == []
+
+
+def test_ids_sort_by_time_and_event_ids_by_cycle():
+    first = new_id()
+    assert len(first) == 16 and int(first, 16) >= 0
+    event = anomaly_event()
+    assert event["event_id"] == f"{event['id']}/0"
+    assert event["ratio"] == pytest.approx(0.9 / 0.75, rel=1e-5)
+    assert iso_ms(1_700_000_000_123) == "2023-11-14T22:13:20.123Z"
+
+
+BROKEN = {
+    "missing_field": lambda e: e.pop("monitor"),
+    "unknown_field": lambda e: e.update(extra=1),
+    "bad_type": lambda e: e.update(type="anomaly_begin"),
+    "bad_schema": lambda e: e.update(schema_version=2),
+    "time_disagrees": lambda e: e.update(time_ms=e["time_ms"] + 5000),
+    "time_format": lambda e: e.update(time="2026-11-22 03:00:00"),
+    "event_id": lambda e: e.update(event_id="x/0"),
+    "no_explanation": lambda e: e.update(explanation=None),
+    "no_anomaly": lambda e: e.update(anomaly=None),
+    "bool_as_number": lambda e: e.update(score=True),
+    "seq_string": lambda e: e.update(seq="7"),
+    "machine_fields": lambda e: e.update(machine={"type": "fan"}),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_broken_events_are_refused(case):
+    event = copy.deepcopy(anomaly_event())
+    BROKEN[case](event)
+    assert validate(event) != []
+
+
+def test_health_event_needs_a_known_condition():
+    event = health_event()
+    event["health"]["condition"] = "on_fire"
+    assert validate(event) != []
+    assert validate([1, 2]) != []
+
+
+def test_readme_documents_every_field():
+    text = README.read_text()
+    table = text[text.index("### Events"):]
+    table = table[: table.index("\n### ", 5)]
+    documented = set(re.findall(r"`([a-z_]+)`", "\n".join(line.split("|")[1] for line in table.splitlines()
+                                                           if line.startswith("| `"))))
+    assert set(_FIELDS) | {"seq"} <= documented, set(_FIELDS) - documented
