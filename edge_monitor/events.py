@@ -96,25 +96,45 @@ class HealthInfo:
 
 
 @dataclass(frozen=True)
-class Event:
-    type: str
-    id: str
-    seq_in_cycle: int
+class Origin:
+    """Who emits: the fields every event of one monitor shares."""
+
     node: str
     monitor: str
     machine_type: str
     machine_id: str
     model_name: str
     model_sha256: str
+    source: str
+
+    def event(self, type: str, id: str, seq_in_cycle: int, position_s: float, *, time_ms: int | None = None,
+              **fields: Any) -> Event:
+        return Event(type=type, id=id, seq_in_cycle=seq_in_cycle, origin=self,
+                     time_ms=now_ms() if time_ms is None else time_ms, audio_position_s=position_s, **fields)
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str
+    id: str
+    seq_in_cycle: int
+    origin: Origin
     time_ms: int
     audio_position_s: float
-    source: str
     score: float | None = None
     threshold: float | None = None
     anomaly: AnomalyInfo | None = None
     bands: tuple[Band, ...] = ()
     health: HealthInfo | None = None
     decisions_suspended: bool = False
+
+    @property
+    def monitor(self) -> str:
+        return self.origin.monitor
+
+    @property
+    def node(self) -> str:
+        return self.origin.node
 
     @property
     def event_id(self) -> str:
@@ -133,14 +153,14 @@ class Event:
             "type": self.type,
             "id": self.id,
             "event_id": self.event_id,
-            "node": self.node,
-            "monitor": self.monitor,
-            "machine": {"type": self.machine_type, "id": self.machine_id},
-            "model": {"name": self.model_name, "sha256": self.model_sha256},
+            "node": self.origin.node,
+            "monitor": self.origin.monitor,
+            "machine": {"type": self.origin.machine_type, "id": self.origin.machine_id},
+            "model": {"name": self.origin.model_name, "sha256": self.origin.model_sha256},
             "time": iso_ms(self.time_ms),
             "time_ms": self.time_ms,
             "audio_position_s": round(self.audio_position_s, 3),
-            "source": self.source,
+            "source": self.origin.source,
             "score": _num(self.score),
             "threshold": _num(self.threshold),
             "ratio": _num(self.ratio),
@@ -152,26 +172,6 @@ class Event:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
-
-
-@dataclass(frozen=True)
-class Origin:
-    """Who emits: the fields every event of one monitor shares."""
-
-    node: str
-    monitor: str
-    machine_type: str
-    machine_id: str
-    model_name: str
-    model_sha256: str
-    source: str
-
-    def event(self, type: str, id: str, seq_in_cycle: int, position_s: float, *, time_ms: int | None = None,
-              **fields: Any) -> Event:
-        return Event(type=type, id=id, seq_in_cycle=seq_in_cycle, node=self.node, monitor=self.monitor,
-                     machine_type=self.machine_type, machine_id=self.machine_id, model_name=self.model_name,
-                     model_sha256=self.model_sha256, time_ms=now_ms() if time_ms is None else time_ms,
-                     audio_position_s=position_s, source=self.source, **fields)
 
 
 def _num(value: float | None) -> float | None:

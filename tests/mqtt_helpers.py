@@ -25,7 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_monitor.events import AnomalyInfo, Band, Event, HealthInfo, now_ms
+from edge_monitor.events import AnomalyInfo, Band, Event, HealthInfo, Origin, now_ms
 
 
 # Debian puts the broker in /usr/sbin, which is not on every user's PATH
@@ -202,9 +202,9 @@ def make_event(n: int, *, node: str = "node1", monitor: str = "fan-1", cycle: st
     """Event number ``n`` of a made-up run: anomaly start/update/end and health events in turn, all valid."""
     kind = ("anomaly_start", "anomaly_update", "anomaly_end", "health")[n % 4]
     stamp = now_ms()
-    common = dict(id=cycle, seq_in_cycle=n, node=node, monitor=monitor, machine_type="fan", machine_id="id_00",
-                  model_name="fan-id_00", model_sha256="ab" * 32, time_ms=stamp, audio_position_s=0.25 * n,
-                  source="test")
+    origin = Origin(node=node, monitor=monitor, machine_type="fan", machine_id="id_00", model_name="fan-id_00",
+                    model_sha256="ab" * 32, source="test")
+    common = dict(id=cycle, seq_in_cycle=n, origin=origin, time_ms=stamp, audio_position_s=0.25 * n)
     if kind == "health":
         return Event(type=kind, **common, health=HealthInfo("clipping", "bad", 0.01, 0.001, "input clips"))
     return Event(type=kind, **common, score=1.5 + n / 1000, threshold=1.0,

@@ -81,7 +81,7 @@ def test_demo_clips_normal_is_quiet_anomaly_alerts_with_explanation(bundle):
     assert [e.type for e in events] == ["anomaly_start", "anomaly_end"]
     for e in events:
         assert validate(e.to_dict()) == [], e.to_dict()
-        assert e.monitor == "fan-1" and e.node == "n1" and e.model_sha256 == bundle.sha256
+        assert e.monitor == "fan-1" and e.node == "n1" and e.origin.model_sha256 == bundle.sha256
     start, end = events
     assert start.score > start.threshold
     assert end.anomaly.reason == "end_of_stream"
