@@ -46,8 +46,8 @@ import sys
 import threading
 import time
 import urllib.parse
-from dataclasses import replace
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 

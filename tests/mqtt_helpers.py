@@ -15,8 +15,8 @@ import subprocess
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,6 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge_monitor.events import AnomalyInfo, Band, Event, HealthInfo, Origin, now_ms
-
 
 # Debian puts the broker in /usr/sbin, which is not on every user's PATH
 MOSQUITTO = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
