@@ -70,9 +70,8 @@ def run(args: argparse.Namespace) -> int:
 
     path = args.config or default_config()
     settings = load(path)
-    configure(getattr(args, "log_format", None) or settings.logging.format,
-              getattr(args, "log_level", None) or settings.logging.level)
-    daemon = Daemon(path, settings)
+    daemon = Daemon(path, settings, log_format=getattr(args, "log_format", None),
+                    log_level=getattr(args, "log_level", None))
     return daemon.run()
 
 
@@ -140,7 +139,7 @@ class Runner:
         self.monitor = Monitor(settings, bundle, node=node, source=f"mic:{capture.device_name}:{settings.channel}",
                                live=True)
         self._buf = np.empty(max(1, int(round(max(READ_SECONDS, block_seconds) * capture.rate))), dtype=np.float32)
-        self._notices: collections.deque = collections.deque()
+        self._notices: collections.deque = collections.deque(maxlen=64)  # device lost/back notes, bounded
         self._stop = threading.Event()
         self._finish_reason = "shutdown"
         self.last_progress = time.monotonic()
@@ -267,9 +266,12 @@ def plan(settings: Settings, bundles: dict[str, Bundle]) -> dict[str, DeviceGrou
 
 
 class Daemon:
-    def __init__(self, config_path: Path, settings: Settings):
+    def __init__(self, config_path: Path, settings: Settings, *, log_format: str | None = None,
+                 log_level: str | None = None):
         self.config_path = config_path
         self.settings = settings
+        self._log_overrides = (log_format, log_level)  # command-line flags win over the config's logging
+        self._configure_logging()
         self.notifier = Notifier()
         self.publisher = None
         self.sink: Sink | None = None
@@ -282,6 +284,10 @@ class Daemon:
         self._stop = False
         self._reload = False
         self._last_watchdog = 0.0
+
+    def _configure_logging(self) -> None:
+        fmt, level = self._log_overrides
+        configure(fmt or self.settings.logging.format, level or self.settings.logging.level)
 
     # --- signals ------------------------------------------------------------------------------
     def _on_signal(self, signum: int, _frame) -> None:
@@ -420,7 +426,7 @@ class Daemon:
             return
         old = self.settings
         self.settings, self.bundles = settings, bundles
-        configure(settings.logging.format, settings.logging.level)
+        self._configure_logging()
         kept, restarted = [], []
         if settings.mqtt != old.mqtt or settings.node != old.node or settings.events_jsonl != old.events_jsonl or \
                 [m.name for m in settings.monitors] != [m.name for m in old.monitors]:

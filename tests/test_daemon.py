@@ -68,15 +68,14 @@ class Node:
                                       "--config", str(self.config)], env=env, stdout=self.log,
                                      stderr=subprocess.STDOUT)
 
-    def write_config(self, threshold: str = "null", extra: str = "") -> None:
+    def write_config(self, threshold: str = "null", extra: str = "", monitors: str | None = None) -> None:
+        monitors = monitors or f"  - name: fan-1\n    model: {BUNDLE}\n    threshold: {threshold}\n"
         self.config.write_text(f"""
 node: {NODE}
 audio:
   device: pulse
 monitors:
-  - name: fan-1
-    model: {BUNDLE}
-    threshold: {threshold}
+{monitors}
 mqtt:
   enabled: true
   host: 127.0.0.1
@@ -129,12 +128,16 @@ events_jsonl: {self.events}
 
 
 @pytest.fixture()
-def node_factory(tmp_path, pulse_server):
+def node_factory(tmp_path, request):
+    channels = getattr(request, "param", 1)
+    # 16 kHz like the model: the sound reaches the daemon without a resampler in between (a
+    # 16→48→16 kHz round trip removes the top of the band, which the model rightly finds unusual)
+    pulse = PulseServer(tmp_path / "pulse", rate=16000, channels=channels).start()
     broker = Broker(tmp_path / "broker").start()
     nodes = []
 
     def make(**overrides) -> Node:
-        node = Node(tmp_path, pulse_server, broker, **overrides)
+        node = Node(tmp_path, pulse, broker, **overrides)
         nodes.append(node)
         assert node.read_notify("READY=1", 30), node.output()
         return node
@@ -143,12 +146,11 @@ def node_factory(tmp_path, pulse_server):
     for node in nodes:
         node.stop()
     broker.stop()
+    pulse.kill()
 
 
 @pytest.fixture()
 def pulse_server(tmp_path):
-    # 16 kHz mono like the model: the sound reaches the daemon without a resampler in between (a
-    # 16→48→16 kHz round trip removes the top of the band, which the model rightly finds unusual)
     server = PulseServer(tmp_path / "pulse", rate=16000, channels=1).start()
     yield server
     server.kill()
@@ -243,3 +245,27 @@ def test_bad_config_fails_fast_with_one_line(tmp_path, pulse_server):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "edge-monitor: error: no input device matches 'no-such-microphone'" in proc.stderr
+
+
+@pytest.mark.parametrize("node_factory", [2], indirect=True)
+def test_one_stream_feeds_two_monitors_and_reload_restarts_only_the_changed_one(node_factory, tmp_path):
+    monitors = (f"  - name: fan-a\n    model: {BUNDLE}\n    channel: 0\n"
+                f"  - name: fan-b\n    model: {BUNDLE}\n    channel: 1\n")
+    node = node_factory(monitors=monitors)
+    rng = np.random.default_rng(5)
+    stereo = np.stack([synth_clip("fan", 0, 12.0, 16000, rng=rng),
+                       synth_clip("fan", 0, 12.0, 16000, rng=rng, fault="bearing", severity=0.5)], axis=1)
+    wav = tmp_path / "stereo.wav"
+    write_wav(wav, stereo, 16000)
+    node.pulse.play(wav)
+    assert node.sub.wait_for(lambda ms: any(m.topic.endswith("fan-b/event") and m.json()["type"] == "anomaly_start"
+                                            for m in ms), 10), node.output()
+    assert [e["monitor"] for e in node.events_of("anomaly_start")] == ["fan-b"]  # channel 0 is the normal machine
+    node.write_config(monitors=monitors.replace("channel: 0\n", "channel: 0\n    threshold: 0.9\n"))
+    node.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "reload accepted" not in node.output() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    accepted = [json.loads(line) for line in node.output().splitlines()
+                if line.startswith("{") and "reload accepted" in line]
+    assert accepted and accepted[0]["kept"] == ["fan-b"] and accepted[0]["restarted"] == ["fan-a"], node.output()

@@ -185,3 +185,15 @@ def test_sensor_fault_from_the_audio_layer_turns_bad_and_ok_at_once(bundle):
     (ok,) = m.sensor_fault(False, "device 'usb' is back")
     assert (ok.health.status, ok.id, ok.decisions_suspended) == ("ok", bad.id, False)
     assert m.state != "sensor_fault"
+
+
+def test_driver_overflow_is_a_drops_event_and_a_gap(bundle):
+    m = monitor(bundle, live=True)
+    normal = clip("normal")
+    run_blocks(m, [normal[: SR * 2]])
+    (event,) = m.input_overflow(3)
+    assert (event.health.condition, event.health.status) == ("drops", "bad")
+    assert "3 input overflow" in event.health.message
+    assert m.features.frames_emitted > 0 and m._hist_n == 0  # the frame history restarts after the gap
+    events = run_blocks(m, [normal[SR * 2 :], normal])
+    assert ("drops", "ok") in [(e.health.condition, e.health.status) for e in events if e.health]

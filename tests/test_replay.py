@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -220,3 +221,35 @@ def test_every_bad_wav_the_loader_refuses_is_refused_by_replay(tmp_path, case):
     path.write_bytes(content)
     line = one_error_line(cli("replay", path))
     assert path.name in line and phrase in line, line
+
+
+def test_replay_publishes_events_over_mqtt_and_keeps_them_when_the_broker_is_down(tmp_path):
+    from mqtt_helpers import Broker, Subscriber
+
+    env = {**os.environ, "HOME": str(tmp_path)}  # the replay outbox lives in ~/.cache/edge-monitor
+    broker = Broker(tmp_path / "broker").start()
+    sub = Subscriber(broker.port, "edge-monitor/#")
+    try:
+        proc = subprocess.run([sys.executable, "-m", "edge_monitor.cli", "replay", str(ANOMALY), "--node", "bench",
+                               "--mqtt", f"mqtt://127.0.0.1:{broker.port}"], capture_output=True, text=True,
+                              timeout=120, env=env)
+        assert proc.returncode == 1, proc.stderr
+        assert sub.wait_for(lambda ms: sum(m.topic == "edge-monitor/bench/fan-id_00/event" for m in ms) == 2, 10)
+        events = sub.events()
+        assert [e["type"] for e in events] == ["anomaly_start", "anomaly_end"]
+        assert all(validate(e) == [] and isinstance(e["seq"], int) for e in events)
+        broker.stop()  # now the broker is down: the events wait in the outbox, and the exit code says so
+        down = subprocess.run([sys.executable, "-m", "edge_monitor.cli", "replay", str(ANOMALY), "--node", "bench",
+                               "--mqtt", f"mqtt://127.0.0.1:{broker.port}"], capture_output=True, text=True,
+                              timeout=120, env=env)
+        line = one_error_line(down)
+        assert "2 message(s) not acknowledged" in line and "replay-outbox.sqlite" in line
+        broker.start()  # the next replay delivers the kept events first
+        again = subprocess.run([sys.executable, "-m", "edge_monitor.cli", "replay", str(NORMAL), "--node", "bench",
+                                "--mqtt", f"mqtt://127.0.0.1:{broker.port}"], capture_output=True, text=True,
+                               timeout=120, env=env)
+        assert again.returncode == 0, again.stderr
+        assert sub.wait_for(lambda ms: len({e["event_id"] for e in sub.events()}) == 4, 15)
+    finally:
+        sub.close()
+        broker.stop()
