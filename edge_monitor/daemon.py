@@ -283,7 +283,7 @@ class Daemon:
         self._wake = threading.Event()
         self._stop = False
         self._reload = False
-        self._last_watchdog = 0.0
+        self._stalled: list[str] = []  # monitors last reported stalled (logged once per change)
 
     def _configure_logging(self) -> None:
         fmt, level = self._log_overrides
@@ -395,10 +395,16 @@ class Daemon:
     def _watchdog(self) -> None:
         if self.healthy():
             self.notifier.watchdog()
-        else:
-            stalled = [n for n, r in self.runners.items() if not r.alive or time.monotonic() - r.last_progress
-                       >= STALL_SECONDS]
-            log.error("monitors stalled: not pinging the watchdog", monitors=stalled)
+            if self._stalled:
+                log.info("monitors processing again: watchdog pings resumed", monitors=self._stalled)
+                self._stalled = []
+            return
+        now = time.monotonic()
+        stalled = [n for n, r in self.runners.items() if not r.alive or now - r.last_progress >= STALL_SECONDS]
+        if stalled != self._stalled:
+            log.error("monitors stalled: not pinging the watchdog (systemd will restart the service)",
+                      monitors=stalled)
+            self._stalled = stalled
 
     def _status(self) -> str:
         parts = []

@@ -269,3 +269,47 @@ def test_one_stream_feeds_two_monitors_and_reload_restarts_only_the_changed_one(
     accepted = [json.loads(line) for line in node.output().splitlines()
                 if line.startswith("{") and "reload accepted" in line]
     assert accepted and accepted[0]["kept"] == ["fan-b"] and accepted[0]["restarted"] == ["fan-a"], node.output()
+
+
+def test_watchdog_pings_only_while_every_monitor_processes(tmp_path, monkeypatch, pulse_server):
+    """In-process, real parts: a Daemon's monitor on the PulseAudio device, and its watchdog decision
+    while audio flows, while it has stalled (the audio server frozen with SIGSTOP), while the device
+    is known lost, and after the processing thread died."""
+    from edge_monitor import mic
+    from edge_monitor.config import load
+    from edge_monitor.daemon import STALL_SECONDS, Daemon, plan
+    from edge_monitor.pipeline import open_bundles
+
+    pulse_server.apply(monkeypatch)
+    assert mic.rescan_devices()
+    config = tmp_path / "c.yaml"
+    config.write_text(f"node: n\naudio:\n  device: pulse\nmonitors:\n  - name: a\n    model: {BUNDLE}\n")
+    daemon = Daemon(config, load(config))
+    daemon.bundles = open_bundles(daemon.settings)
+    daemon.groups = plan(daemon.settings, daemon.bundles)
+    daemon._start_publisher()
+    try:
+        for key, group in daemon.groups.items():
+            daemon._start_group(key, group)
+        daemon._wait_for_audio()
+        time.sleep(1.0)
+        assert daemon.healthy()  # audio flows and is processed
+        runner = daemon.runners["a"]
+        pulse_server.proc.send_signal(signal.SIGSTOP)  # the stream stalls; nobody has declared it lost
+        try:
+            time.sleep(STALL_SECONDS + 1.5)
+            assert not daemon.healthy()
+            runner.device(False, "device 'pulse' stopped delivering audio")  # what the supervisor would say
+            assert daemon.healthy()  # a known lost device is being retried: keep running
+        finally:
+            pulse_server.proc.send_signal(signal.SIGCONT)
+        runner.device(True, "back")
+        deadline = time.monotonic() + 20
+        while not daemon.healthy() and time.monotonic() < deadline:
+            daemon._supervise()  # as the main loop does: reopens the stream if it broke meanwhile
+            time.sleep(0.5)
+        assert daemon.healthy()  # audio is processed again
+        runner.stop("shutdown")  # a dead processing thread
+        assert not daemon.healthy()
+    finally:
+        daemon._shutdown("test")
