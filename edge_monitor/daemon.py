@@ -144,7 +144,6 @@ class Runner:
         self._finish_reason = "shutdown"
         self.last_progress = time.monotonic()
         self.device_lost = False
-        self.samples = 0
         self._overflows = capture.overflows
         self._thread = threading.Thread(target=self._loop, name=f"monitor-{self.name}", daemon=True)
 
@@ -199,7 +198,6 @@ class Runner:
                         block = self.resampler.process(block)
                         dropped = int(round(dropped * self.model_rate / self.capture.rate))
                     events += self.monitor.process(block, dropped)
-                    self.samples += n
                     self.last_progress = time.monotonic()
                 if events or self.monitor.state != state:
                     self._emit(events, state)
@@ -343,14 +341,13 @@ class Daemon:
             self.publisher.start()
         self.sink = Sink(self.settings, self.publisher)
 
-    def _start_group(self, key: str, group: DeviceGroup, keep_rings: bool = False) -> None:
+    def _start_group(self, key: str, group: DeviceGroup) -> None:
         from .mic import Capture
 
         capacity = int(group.ring_seconds * max(group.rate, MAX_RING_RATE))
         taps = []
         for name, channel in group.channels:
-            if not keep_rings or name not in self.rings:
-                self.rings[name] = RingBuffer(capacity)
+            self.rings[name] = RingBuffer(capacity)
             taps.append((channel, self.rings[name]))
         capture = Capture(group.device, group.rate, group.width, group.block_seconds, taps, name=key)
         capture.start()

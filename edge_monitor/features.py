@@ -177,7 +177,7 @@ class _FrameKernel:
     def __init__(self, params: FeatureParams):
         self.params = params
         self.window = _hann(params.n_fft)
-        self.mel = mel = mel_filterbank(params)
+        mel = mel_filterbank(params)
         # The mel projection as a sparse sum: each band adds its few non-zero bins in a fixed order.
         # A dense BLAS matmul rounds differently depending on how many frames it is given, so a live
         # stream (one frame per call) and a file (hundreds) would differ in the last bit; this way

@@ -53,7 +53,6 @@ class Monitor:
         self._segment_frames = 0    # frames emitted in it
         self.position = 0           # samples of the stream so far, dropped ones included
         self._errors: list[np.ndarray] | None = [] if keep_errors else None
-        self.windows_scored = 0
 
     # --- the stream ---------------------------------------------------------------------------
     def process(self, block: np.ndarray, dropped: int = 0) -> list[Event]:
@@ -119,7 +118,6 @@ class Monitor:
         events: list[Event] = []
         if count > 0:
             errors = self.scorer.errors(windows(self._hist[lo:need], p))
-            self.windows_scored += count
             if self._errors is not None:
                 self._errors.append(errors)
             # the window whose last frame is segment frame k ends at segment_start + k·hop + n_fft
