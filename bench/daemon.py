@@ -29,8 +29,8 @@ import numpy as np  # noqa: E402
 from mqtt_helpers import Broker, Subscriber  # noqa: E402
 from pulse import PulseServer  # noqa: E402
 
-from edge_monitor.audio import write_wav  # noqa: E402
-from edge_monitor.cli import DEMO_DIR  # noqa: E402
+from edge_monitor import DEMO_DIR  # noqa: E402
+from edge_monitor.core.wav import write_wav  # noqa: E402
 from training.synth import synth_clip  # noqa: E402
 
 BUNDLE = DEMO_DIR / "fan-id_00"
@@ -81,7 +81,7 @@ def write_config(root: Path, monitors: int, port: int) -> Path:
 
 def start_daemon(config: Path, pulse: PulseServer, log: Path) -> subprocess.Popen:
     env = {**os.environ, **pulse.env, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "edge_monitor.cli", "run", "--config", str(config)], env=env,
+    return subprocess.Popen([sys.executable, "-m", "edge_monitor", "run", "--config", str(config)], env=env,
                             stdout=open(log, "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
 
 

@@ -19,7 +19,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from edge_monitor.features import FeatureParams, StreamingLogMel, log_mel  # noqa: E402
+from edge_monitor.core.features import FeatureParams, StreamingLogMel, log_mel  # noqa: E402
 
 
 def cpu_rate(fn, audio_seconds: float, repeats: int = 3) -> float:

@@ -14,8 +14,9 @@ import time
 
 import numpy as np
 
-from edge_monitor.mic import Capture, StreamResampler
-from edge_monitor.ring import RingBuffer
+from edge_monitor.core.resample import StreamResampler
+from edge_monitor.node.mic import Capture
+from edge_monitor.node.ring import RingBuffer
 
 
 def best(fn, rounds: int) -> float:

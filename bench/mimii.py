@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edge_monitor.cli import main as cli
+from edge_monitor.commands import main as cli
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "mimii-fan-id00"

@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from mqtt_helpers import Broker, Received, Subscriber, make_event, unique_events  # noqa: E402
 
-from edge_monitor.log import configure  # noqa: E402
-from edge_monitor.mqtt import Publisher  # noqa: E402
-from edge_monitor.settings import MqttSettings, OutboxSettings  # noqa: E402
+from edge_monitor.node.log import configure  # noqa: E402
+from edge_monitor.node.mqtt.publisher import Publisher  # noqa: E402
+from edge_monitor.node.settings import MqttSettings, OutboxSettings  # noqa: E402
 
 MONITORS = [{"name": "fan-1", "model": "fan-id_00", "sha256": "ab" * 32}]
 

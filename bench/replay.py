@@ -2,7 +2,7 @@
 
     python bench/replay.py [--clips 40] [--delay-clips 24]
 
-1. Replay: 10-s 16-bit WAV clips through ``edge_monitor.replay.replay_file`` — read, (resample),
+1. Replay: 10-s 16-bit WAV clips through ``edge_monitor.commands.replay.replay_file`` — read, (resample),
    streaming log-mel, int8 inference, health, decisions — in × real time per CPU second; then where
    the time goes (each stage alone on the same clips).
 2. The DCASE 2020 baseline way on the same files in the same run: ``librosa.load`` +
@@ -33,14 +33,14 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from edge_monitor.audio import load_audio, write_wav  # noqa: E402
-from edge_monitor.cli import DEMO_DIR  # noqa: E402
-from edge_monitor.features import log_mel, windows  # noqa: E402
-from edge_monitor.model import Bundle, WindowScorer  # noqa: E402
-from edge_monitor.pipeline import REPLAY_BATCH, REPLAY_BLOCK_SECONDS, Monitor  # noqa: E402
-from edge_monitor.replay import replay_file  # noqa: E402
-from edge_monitor.ring import RingBuffer  # noqa: E402
-from edge_monitor.settings import MonitorSettings, Settings  # noqa: E402
+from edge_monitor import DEMO_DIR  # noqa: E402
+from edge_monitor.commands.replay import replay_file  # noqa: E402
+from edge_monitor.core.features import log_mel, windows  # noqa: E402
+from edge_monitor.core.model import Bundle, WindowScorer  # noqa: E402
+from edge_monitor.core.monitor import REPLAY_BATCH, REPLAY_BLOCK_SECONDS, Monitor  # noqa: E402
+from edge_monitor.core.wav import load_audio, write_wav  # noqa: E402
+from edge_monitor.node.ring import RingBuffer  # noqa: E402
+from edge_monitor.node.settings import MonitorSettings, Settings  # noqa: E402
 from training.synth import FAULTS, synth_clip  # noqa: E402
 
 BUNDLE = DEMO_DIR / "fan-id_00"
@@ -64,7 +64,7 @@ def make_clips(folder: Path, count: int, rate: int) -> list[Path]:
         fault = None if i % 2 == 0 else FAULTS[i % len(FAULTS)]
         x = synth_clip("fan", 0, 10.0, SR, rng=rng, fault=fault, severity=0.5)
         if rate != SR:
-            from edge_monitor.audio import resample
+            from edge_monitor.core.wav import resample
 
             x = resample(x, SR, rate)
         path = folder / f"clip_{rate}_{i:03d}.wav"

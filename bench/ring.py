@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from edge_monitor.ring import RingBuffer
+from edge_monitor.node.ring import RingBuffer
 
 
 def per_call(fn, batch: int, rounds: int) -> float:

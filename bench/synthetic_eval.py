@@ -14,7 +14,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from edge_monitor.cli import main as cli
+from edge_monitor.commands import main as cli
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from edge_monitor.cli import main as cli
+from edge_monitor.commands import main as cli
 from training.synth import generate_dataset
 
 

@@ -34,7 +34,7 @@ def synth_data(tmp_path_factory) -> Path:
 def trained(synth_data, tmp_path_factory) -> Path:
     """A real int8 bundle trained with `edge-monitor train` on the synthetic set (needs TensorFlow)."""
     pytest.importorskip("tensorflow", reason="training tests need the train extra: pip install '.[train]'")
-    from edge_monitor.cli import main
+    from edge_monitor.commands import main
 
     out = tmp_path_factory.mktemp("models")
     # one damaged clip among the normal ones: training must name it, skip it and record it

@@ -25,7 +25,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_monitor.events import AnomalyInfo, Band, Event, HealthInfo, Origin, now_ms
+from edge_monitor.core.events import (
+    AnomalyInfo,
+    Band,
+    Event,
+    HealthInfo,
+    Origin,
+    now_ms,
+)
 
 # Debian puts the broker in /usr/sbin, which is not on every user's PATH
 MOSQUITTO = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")

@@ -19,9 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mqtt_helpers import make_event  # noqa: E402
 
-from edge_monitor.log import configure  # noqa: E402
-from edge_monitor.mqtt import Publisher  # noqa: E402
-from edge_monitor.settings import MqttSettings, OutboxSettings  # noqa: E402
+from edge_monitor.node.log import configure  # noqa: E402
+from edge_monitor.node.mqtt.publisher import Publisher  # noqa: E402
+from edge_monitor.node.settings import MqttSettings, OutboxSettings  # noqa: E402
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ no ALSA config of our own is needed. The ALSA pulse plugin connects (a new libpu
 ``PULSE_SERVER``/``PULSE_SOURCE`` from the environment) every time a stream is opened, and records from
 ``PULSE_SOURCE`` = the null sink's monitor. PortAudio enumerates devices only at ``Pa_Initialize``:
 a process that imported sounddevice before the environment was set must re-initialise PortAudio
-(``edge_monitor.mic.rescan_devices()``) to see the ``pulse`` device.
+(``edge_monitor.node.mic.rescan_devices()``) to see the ``pulse`` device.
 
 Losing the microphone (what makes PortAudio's stream stop): both :meth:`kill` (SIGKILL the server)
 and :meth:`unload_source` (unload the null-sink module) make the ALSA plugin's poll fail; PortAudio's
@@ -195,7 +195,7 @@ class PulseServer:
         """Put the client variables into ``os.environ`` (undone at teardown by ``monkeypatch``).
 
         PortAudio in this process still needs a re-initialisation to list ``pulse``
-        (``edge_monitor.mic.rescan_devices()``).
+        (``edge_monitor.node.mic.rescan_devices()``).
         """
         for key in ("PULSE_SERVER", "PULSE_SOURCE", "PULSE_SINK", "PULSE_CLIENTCONFIG", "PULSE_RUNTIME_PATH",
                     "PULSE_STATE_PATH", "PULSE_COOKIE", "XDG_RUNTIME_DIR"):

@@ -1,4 +1,4 @@
-"""Tests for edge_monitor.audio: decoder cross-checked against scipy.io.wavfile, hand-packed files, bad inputs."""
+"""Tests for edge_monitor.core.wav: decoder cross-checked against scipy.io.wavfile, hand-packed files, bad inputs."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy.io import wavfile
 
-from edge_monitor.audio import WavInfo, load_audio, read_wav, resample, write_wav
-from edge_monitor.errors import AudioError, UserError
+from edge_monitor.core.errors import AudioError, UserError
+from edge_monitor.core.wav import WavInfo, load_audio, read_wav, resample, write_wav
 
 RNG = np.random.default_rng(1234)
 GUID_TAIL = b"\x00\x00\x00\x00\x10\x00\x80\x00\x00\xaa\x00\x38\x9b\x71"
@@ -45,7 +45,7 @@ def fmt(tag: int, channels: int, rate: int, bits: int, block_align: int | None =
 
 
 def pack(values: np.ndarray, encoding: str) -> bytes:
-    """Interleaved samples packed with struct, independently of edge_monitor.audio."""
+    """Interleaved samples packed with struct, independently of edge_monitor.core.wav."""
     code = SPECS[encoding][2]
     flat = values.ravel().tolist()
     if code is None:  # 24-bit: low three bytes of each little-endian int32

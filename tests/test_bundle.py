@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_monitor.errors import BundleError
-from edge_monitor.model import Bundle, WindowScorer, interpreter_backend
+from edge_monitor.core.errors import BundleError
+from edge_monitor.core.model import Bundle, WindowScorer, interpreter_backend
 
 pytestmark = pytest.mark.slow
 
@@ -105,7 +105,7 @@ def test_damaged_bundles(copy, damage):
 
 def test_cli_reports_a_bad_bundle_in_one_line(copy, synth_data):
     edit(copy, lambda m: set_path(m, "quantization.output.scale", 1.0))
-    run = subprocess.run([sys.executable, "-m", "edge_monitor.cli", "evaluate", str(copy), str(synth_data)],
+    run = subprocess.run([sys.executable, "-m", "edge_monitor", "evaluate", str(copy), str(synth_data)],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2
     assert "Traceback" not in run.stderr
@@ -122,8 +122,9 @@ def test_backend_can_be_forced(monkeypatch):
 
 
 def test_float_twin_scores_close_to_int8(trained):
-    from edge_monitor.features import FeatureParams
     import numpy as np
+
+    from edge_monitor.core.features import FeatureParams
 
     bundle = Bundle.load(trained)
     rng = np.random.default_rng(0)

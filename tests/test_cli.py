@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_monitor.audio import write_wav
-from edge_monitor.cli import DEMO_DIR
+from edge_monitor import DEMO_DIR
+from edge_monitor.core.wav import write_wav
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edge_monitor.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "edge_monitor", *args], capture_output=True, text=True,
                           timeout=300, cwd=cwd)
 
 

@@ -1,4 +1,4 @@
-"""Tests for edge_monitor.config: the example config.yaml, defaults, paths, and one-line errors for bad files."""
+"""Tests for edge_monitor.node.config: the example config.yaml, defaults, paths, and one-line errors for bad files."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edge_monitor import config
-from edge_monitor.config import ConfigError, load, parse
-from edge_monitor.errors import UserError
-from edge_monitor.settings import (
+from edge_monitor.core.errors import UserError
+from edge_monitor.node import config
+from edge_monitor.node.config import ConfigError, load, parse
+from edge_monitor.node.settings import (
     AudioSettings,
     DecisionSettings,
     HealthSettings,

@@ -20,9 +20,9 @@ import pytest
 from mqtt_helpers import Broker, Subscriber
 from pulse import PulseServer, have_pulseaudio
 
-from edge_monitor.audio import write_wav
-from edge_monitor.cli import DEMO_DIR
-from edge_monitor.events import validate
+from edge_monitor import DEMO_DIR
+from edge_monitor.core.events import validate
+from edge_monitor.core.wav import write_wav
 from training.synth import synth_clip
 
 pytestmark = pytest.mark.skipif(not have_pulseaudio(), reason="pulseaudio is not installed "
@@ -64,7 +64,7 @@ class Node:
         self.sub = Subscriber(broker.port, f"edge-monitor/{NODE}/#")
         self.log = open(root / "daemon.log", "w+")  # noqa: SIM115
         env = {**os.environ, **pulse.env, "NOTIFY_SOCKET": self.notify_path, "WATCHDOG_USEC": "10000000"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "edge_monitor.cli", "--log-format", "json", "run",
+        self.proc = subprocess.Popen([sys.executable, "-m", "edge_monitor", "--log-format", "json", "run",
                                       "--config", str(self.config)], env=env, stdout=self.log,
                                      stderr=subprocess.STDOUT)
 
@@ -249,7 +249,7 @@ def test_bad_config_fails_fast_with_one_line(tmp_path, pulse_server):
     config = tmp_path / "bad.yaml"
     config.write_text(f"node: n\naudio:\n  device: no-such-microphone\nmonitors:\n  - name: a\n    model: {BUNDLE}\n")
     env = {**os.environ, **pulse_server.env}
-    proc = subprocess.run([sys.executable, "-m", "edge_monitor.cli", "run", "--config", str(config)], env=env,
+    proc = subprocess.run([sys.executable, "-m", "edge_monitor", "run", "--config", str(config)], env=env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "edge-monitor: error: no input device matches 'no-such-microphone'" in proc.stderr
@@ -283,10 +283,10 @@ def test_watchdog_pings_only_while_every_monitor_processes(tmp_path, monkeypatch
     """In-process, real parts: a Daemon's monitor on the PulseAudio device, and its watchdog decision
     while audio flows, while it has stalled (the audio server frozen with SIGSTOP), while the device
     is known lost, and after the processing thread died."""
-    from edge_monitor import mic
-    from edge_monitor.config import load
-    from edge_monitor.daemon import STALL_SECONDS, Daemon, plan
-    from edge_monitor.pipeline import open_bundles
+    from edge_monitor.node import mic
+    from edge_monitor.node.bundles import open_bundles
+    from edge_monitor.node.config import load
+    from edge_monitor.node.daemon import STALL_SECONDS, Daemon, plan
 
     pulse_server.apply(monkeypatch)
     assert mic.rescan_devices()

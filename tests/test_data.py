@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_monitor.audio import write_wav
-from edge_monitor.errors import UserError
-from edge_monitor.model import sha256_file
+from edge_monitor.core.errors import UserError
+from edge_monitor.core.features import FeatureParams, log_mel
+from edge_monitor.core.model import sha256_file
+from edge_monitor.core.wav import write_wav
 from training.data import FeatureCache, find_test_clips, find_training_clips, parse_name
-from edge_monitor.features import FeatureParams, log_mel
 
 
 def touch(folder: Path, *names: str) -> None:
@@ -83,7 +83,7 @@ def test_feature_cache_hits_and_matches(tmp_path):
     second = cache.frames(tmp_path / "a.wav", digest)
     assert (cache.misses, cache.hits) == (1, 1)
     np.testing.assert_array_equal(first, second)
-    from edge_monitor.audio import load_audio
+    from edge_monitor.core.wav import load_audio
 
     np.testing.assert_array_equal(first, log_mel(load_audio(tmp_path / "a.wav", 16000)))
     other = FeatureCache(tmp_path / "cache", FeatureParams(n_mels=64))  # other parameters, other entries

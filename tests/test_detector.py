@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from edge_monitor.detector import (
+from edge_monitor.core.detector import (
     ANOMALY,
     NORMAL,
     SUSPENDED,
@@ -17,9 +17,9 @@ from edge_monitor.detector import (
     explain_bands,
     sliding_means,
 )
-from edge_monitor.events import Band, Origin, validate
-from edge_monitor.features import FeatureParams, mel_band_edges
-from edge_monitor.settings import DecisionSettings
+from edge_monitor.core.events import Band, Origin, validate
+from edge_monitor.core.features import FeatureParams, mel_band_edges
+from edge_monitor.node.settings import DecisionSettings
 
 PARAMS = FeatureParams()
 RATE = PARAMS.sample_rate / PARAMS.hop_length  # windows per second (31.25)

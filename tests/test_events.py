@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_monitor.events import (
+from edge_monitor.core.events import (
     _FIELDS,
     AnomalyInfo,
     Band,

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_monitor.audio import load_audio
-from edge_monitor.errors import FeatureError
-from edge_monitor.features import (
+from edge_monitor.core.errors import FeatureError
+from edge_monitor.core.features import (
     LOG_OFFSET,
     FeatureParams,
     StreamingLogMel,
@@ -17,6 +16,7 @@ from edge_monitor.features import (
     n_frames,
     windows,
 )
+from edge_monitor.core.wav import load_audio
 
 librosa = pytest.importorskip("librosa", reason="librosa is a test dependency: pip install '.[test]'")
 
@@ -196,7 +196,7 @@ def test_the_lightweight_fft_is_scipys_own():
     """features loads scipy's pocketfft extension directly (less memory); it must equal scipy.fft.rfft."""
     import scipy.fft
 
-    from edge_monitor import features
+    from edge_monitor.core import features
 
     assert features._FFT_NAME == "pypocketfft"  # the memory saving is in effect with this scipy
     x = np.random.default_rng(4).standard_normal((37, P.n_fft)).astype(np.float32)

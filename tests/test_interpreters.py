@@ -6,17 +6,16 @@ that has only tflite-runtime (numpy<2), with EDGE_MONITOR_TFLITE=tflite_runtime.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
-
-import importlib.util
 
 import numpy as np
 import pytest
 
-from edge_monitor.audio import load_audio
-from edge_monitor.cli import DEMO_DIR
-from edge_monitor.model import BACKENDS, Bundle, WindowScorer
+from edge_monitor import DEMO_DIR
+from edge_monitor.core.model import BACKENDS, Bundle, WindowScorer
+from edge_monitor.core.wav import load_audio
 
 EXPECTED = json.loads((DEMO_DIR / "expected.json").read_text())
 

@@ -19,11 +19,13 @@ import numpy as np
 import pytest
 from scipy.signal import resample_poly
 
-from edge_monitor import mic
-from edge_monitor.audio import write_wav
-from edge_monitor.errors import UserError
-from edge_monitor.mic import Capture, StreamResampler, resolve_device
-from edge_monitor.ring import RingBuffer
+from edge_monitor.commands import devices as devices_command
+from edge_monitor.core.errors import UserError
+from edge_monitor.core.resample import StreamResampler
+from edge_monitor.core.wav import write_wav
+from edge_monitor.node import mic
+from edge_monitor.node.mic import Capture, resolve_device
+from edge_monitor.node.ring import RingBuffer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pulse import PulseServer, pulse_server  # noqa: E402, F401  (pulse_server is a fixture)
@@ -92,7 +94,7 @@ def started(cap: Capture, timeout: float = 8.0) -> None:
 
 
 def test_devices_command_lists_the_pulse_device(pulse, capsys):
-    assert mic.run_devices(argparse.Namespace(all=False)) == 0
+    assert devices_command.run(argparse.Namespace(all=False)) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if " pulse " in line]
     assert rows, out
@@ -141,7 +143,7 @@ def test_capture_errors_are_one_line(pulse):
 
 
 def test_sounddevice_is_imported_lazily():
-    code = "import sys, edge_monitor.mic; assert 'sounddevice' not in sys.modules; print('ok')"
+    code = "import sys, edge_monitor.node.mic; assert 'sounddevice' not in sys.modules; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
                          check=False)
     assert out.stdout.strip() == "ok", out.stderr
@@ -157,8 +159,8 @@ def test_missing_portaudio_is_a_one_line_error():
         "        if name == 'sounddevice':\n"
         "            raise OSError('PortAudio library not found')\n"
         "sys.meta_path.insert(0, NoPortAudio())\n"
-        "from edge_monitor.errors import UserError\n"
-        "from edge_monitor.mic import resolve_device\n"
+        "from edge_monitor.core.errors import UserError\n"
+        "from edge_monitor.node.mic import resolve_device\n"
         "try:\n"
         "    resolve_device('usb')\n"
         "except UserError as exc:\n"

@@ -15,14 +15,25 @@ import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
-from edge_monitor.errors import UserError
-from edge_monitor.events import validate
-from edge_monitor.mqtt import Publisher, add_test_arguments, parse_url, run_test
-from edge_monitor.outbox import Outbox
-from edge_monitor.settings import MqttSettings, OutboxSettings, TlsSettings
+from edge_monitor.commands.mqtt_test import add_arguments as add_test_arguments
+from edge_monitor.commands.mqtt_test import run as run_test
+from edge_monitor.core.errors import UserError
+from edge_monitor.core.events import validate
+from edge_monitor.node.mqtt.connection import parse_url
+from edge_monitor.node.mqtt.outbox import Outbox
+from edge_monitor.node.mqtt.publisher import Publisher
+from edge_monitor.node.settings import MqttSettings, OutboxSettings, TlsSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mqtt_helpers import MOSQUITTO, Broker, Subscriber, free_port, make_certs, make_event, unique_events  # noqa: E402
+from mqtt_helpers import (  # noqa: E402
+    MOSQUITTO,
+    Broker,
+    Subscriber,
+    free_port,
+    make_certs,
+    make_event,
+    unique_events,
+)
 
 pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed (apt-get install mosquitto)")
 
@@ -536,13 +547,13 @@ def test_mqtt_test_passes_against_a_plain_broker(broker, capsys):
 
 
 def test_mqtt_test_through_the_console_command(broker):
-    from edge_monitor.cli import COMMANDS
+    from edge_monitor.commands import COMMANDS
 
     if "mqtt-test" not in COMMANDS:
         pytest.skip("mqtt-test is not registered in edge_monitor/cli.py yet")
 
     def cli(*argv: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "edge_monitor.cli", "mqtt-test", *argv], capture_output=True,
+        return subprocess.run([sys.executable, "-m", "edge_monitor", "mqtt-test", *argv], capture_output=True,
                               text=True, timeout=60)
 
     proc = cli("--url", f"mqtt://127.0.0.1:{broker.port}", "--node", "n1")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_monitor.audio import load_audio
-from edge_monitor.cli import DEMO_DIR
-from edge_monitor.events import validate
-from edge_monitor.model import Bundle, WindowScorer
-from edge_monitor.pipeline import Monitor
-from edge_monitor.settings import HealthSettings, MonitorSettings
+from edge_monitor import DEMO_DIR
+from edge_monitor.core.events import validate
+from edge_monitor.core.model import Bundle, WindowScorer
+from edge_monitor.core.monitor import Monitor
+from edge_monitor.core.wav import load_audio
+from edge_monitor.node.settings import HealthSettings, MonitorSettings
 from training.synth import synth_clip
 
 BUNDLE_DIR = DEMO_DIR / "fan-id_00"

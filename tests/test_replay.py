@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_audio import BAD  # the loader's bad-file catalogue: replay must refuse each one the same way
+from test_audio import (
+    BAD,  # the loader's bad-file catalogue: replay must refuse each one the same way
+)
 
-from edge_monitor.audio import write_wav
-from edge_monitor.cli import DEMO_DIR
-from edge_monitor.events import validate
-from edge_monitor.model import Bundle
+from edge_monitor import DEMO_DIR
+from edge_monitor.core.events import validate
+from edge_monitor.core.model import Bundle
+from edge_monitor.core.wav import write_wav
 from training.data import Clip
 from training.evaluate import evaluate_bundle
 
@@ -29,7 +31,7 @@ NORMAL = CLIPS / "normal_id_00_demo.wav"
 
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edge_monitor.cli", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "edge_monitor", *map(str, args)], capture_output=True,
                           text=True, timeout=300, cwd=cwd)
 
 
@@ -230,7 +232,7 @@ def test_replay_publishes_events_over_mqtt_and_keeps_them_when_the_broker_is_dow
     broker = Broker(tmp_path / "broker").start()
     sub = Subscriber(broker.port, "edge-monitor/#")
     try:
-        proc = subprocess.run([sys.executable, "-m", "edge_monitor.cli", "replay", str(ANOMALY), "--node", "bench",
+        proc = subprocess.run([sys.executable, "-m", "edge_monitor", "replay", str(ANOMALY), "--node", "bench",
                                "--mqtt", f"mqtt://127.0.0.1:{broker.port}"], capture_output=True, text=True,
                               timeout=120, env=env)
         assert proc.returncode == 1, proc.stderr
@@ -239,13 +241,13 @@ def test_replay_publishes_events_over_mqtt_and_keeps_them_when_the_broker_is_dow
         assert [e["type"] for e in events] == ["anomaly_start", "anomaly_end"]
         assert all(validate(e) == [] and isinstance(e["seq"], int) for e in events)
         broker.stop()  # now the broker is down: the events wait in the outbox, and the exit code says so
-        down = subprocess.run([sys.executable, "-m", "edge_monitor.cli", "replay", str(ANOMALY), "--node", "bench",
+        down = subprocess.run([sys.executable, "-m", "edge_monitor", "replay", str(ANOMALY), "--node", "bench",
                                "--mqtt", f"mqtt://127.0.0.1:{broker.port}"], capture_output=True, text=True,
                               timeout=120, env=env)
         line = one_error_line(down)
         assert "2 message(s) not acknowledged" in line and "replay-outbox.sqlite" in line
         broker.start()  # the next replay delivers the kept events first
-        again = subprocess.run([sys.executable, "-m", "edge_monitor.cli", "replay", str(NORMAL), "--node", "bench",
+        again = subprocess.run([sys.executable, "-m", "edge_monitor", "replay", str(NORMAL), "--node", "bench",
                                 "--mqtt", f"mqtt://127.0.0.1:{broker.port}"], capture_output=True, text=True,
                                timeout=120, env=env)
         assert again.returncode == 0, again.stderr

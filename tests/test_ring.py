@@ -10,7 +10,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from edge_monitor.ring import RingBuffer
+from edge_monitor.node.ring import RingBuffer
 
 EXACT = 2**24  # float32 holds every integer below this exactly: sample value = stream index mod EXACT
 

@@ -9,10 +9,17 @@ import re
 import numpy as np
 import pytest
 
-from edge_monitor.audio import read_wav
-from edge_monitor.errors import UserError
-from edge_monitor.features import log_mel
-from training.synth import FAULTS, KINDS, add_arguments, generate_dataset, run, synth_clip
+from edge_monitor.core.errors import UserError
+from edge_monitor.core.features import log_mel
+from edge_monitor.core.wav import read_wav
+from training.synth import (
+    FAULTS,
+    KINDS,
+    add_arguments,
+    generate_dataset,
+    run,
+    synth_clip,
+)
 
 SR = 16000
 NAME = re.compile(r"(normal|anomaly)_id_\d{2}_\d{8}\.wav")

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from edge_monitor.systemd import Notifier
+from edge_monitor.node.systemd import Notifier
 
 
 @pytest.fixture()

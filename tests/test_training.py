@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from edge_monitor.audio import load_audio
-from edge_monitor.cli import main
-from edge_monitor.features import FeatureParams, log_mel, windows
-from edge_monitor.model import Bundle, WindowScorer, sha256_file
+from edge_monitor.commands import main
+from edge_monitor.core.features import FeatureParams, log_mel, windows
+from edge_monitor.core.model import Bundle, WindowScorer, sha256_file
+from edge_monitor.core.wav import load_audio
 from training.metrics import auc
 
 pytestmark = pytest.mark.slow

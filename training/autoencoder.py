@@ -48,7 +48,7 @@ try:
         import keras
         import tensorflow as tf
 except ImportError as exc:  # pragma: no cover - depends on the install
-    from edge_monitor.errors import UserError
+    from edge_monitor.core.errors import UserError
 
     raise UserError(f"training needs TensorFlow ({exc}); install it: pip install 'edge-monitor[train]'") from None
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_monitor.audio import load_audio
-from edge_monitor.errors import UserError
-from edge_monitor.features import FeatureParams, log_mel
+from edge_monitor.core.errors import UserError
+from edge_monitor.core.features import FeatureParams, log_mel
+from edge_monitor.core.wav import load_audio
 
 _DCASE2020 = re.compile(r"^(?P<label>normal|anomaly)_(?P<id>id_\d+)_", re.IGNORECASE)
 _DCASE2021 = re.compile(

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_monitor.audio import write_wav
-from edge_monitor.cli import DEMO_DIR
-from edge_monitor.model import Bundle, WindowScorer
+from edge_monitor import DEMO_DIR
+from edge_monitor.core.model import Bundle, WindowScorer
+from edge_monitor.core.wav import write_wav
 
 DEMO_KIND = "fan"
 DEMO_ID = 0
@@ -34,8 +34,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_bundle
     from .data import find_test_clips
+    from .evaluate import evaluate_bundle
 
     bundle = Bundle.load(DEMO_DIR / DEMO_BUNDLE)
     result = evaluate_bundle(bundle, find_test_clips(DEMO_DIR / "clips", DEMO_KIND), args.out)
@@ -51,21 +51,22 @@ def add_make_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_make(args: argparse.Namespace) -> int:
-    from edge_monitor.cli import main as cli_main
-
+    from . import synth, train
     from .synth import synth_clip
 
     out: Path = args.out
     with tempfile.TemporaryDirectory() as tmp:
         data, models = Path(tmp) / "data", Path(tmp) / "models"
         steps = [
-            ["synth", str(data), "--kinds", DEMO_KIND, "--ids", str(DEMO_ID), "--train", str(TRAIN_CLIPS),
+            [synth, str(data), "--kinds", DEMO_KIND, "--ids", str(DEMO_ID), "--train", str(TRAIN_CLIPS),
              "--test-normal", "10", "--test-anomaly", "10", "--duration", str(TRAIN_SECONDS), "--seed", str(SEED)],
-            ["train", str(data), "--out", str(models), "--epochs", str(args.epochs), "--no-cache", "--seed", str(SEED)],
+            [train, str(data), "--out", str(models), "--epochs", str(args.epochs), "--no-cache", "--seed", str(SEED)],
         ]
-        for step in steps:
-            print("edge-monitor", " ".join(step))
-            code = cli_main(step)
+        for module, *argv in steps:
+            print("edge-monitor", module.__name__.rsplit(".", 1)[-1], " ".join(argv))
+            parser = argparse.ArgumentParser(prog=f"edge-monitor {module.__name__}")
+            module.add_arguments(parser)
+            code = module.run(parser.parse_args(argv))
             if code:
                 return code
         shutil.rmtree(out / DEMO_BUNDLE, ignore_errors=True)
@@ -80,7 +81,7 @@ def run_make(args: argparse.Namespace) -> int:
     write_wav(clips / names["normal"], normal, 16000)
     write_wav(clips / names["anomaly"], anomalous, 16000)
     # Reference scores from this machine's interpreter: other interpreters are checked against them.
-    from edge_monitor.audio import load_audio
+    from edge_monitor.core.wav import load_audio
 
     bundle = Bundle.load(out / DEMO_BUNDLE)
     scorer = WindowScorer(bundle)

@@ -2,7 +2,7 @@
 
 BUNDLE is one bundle folder or a folder of bundles (one per machine id, as ``train`` writes them).
 Each bundle is evaluated on the labelled test clips of its own machine id (clips whose names carry
-no id are used for every bundle). Scores come from ``edge_monitor.model.WindowScorer``, the class
+no id are used for every bundle). Scores come from ``edge_monitor.core.model.WindowScorer``, the class
 the daemon scores windows with; the float model is the bundle's float32 TFLite twin, so evaluation
 needs no TensorFlow.
 """
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_monitor.audio import load_audio, parse_channel
-from edge_monitor.errors import AudioError, UserError
-from edge_monitor.model import MANIFEST_FILE, Bundle, WindowScorer
+from edge_monitor.core.errors import AudioError, UserError
+from edge_monitor.core.model import MANIFEST_FILE, Bundle, WindowScorer
+from edge_monitor.core.wav import load_audio, parse_channel
 
 from . import report
 from .data import Clip, find_test_clips

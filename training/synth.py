@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_monitor.errors import UserError
+from edge_monitor.core.errors import UserError
 
 KINDS: tuple[str, ...] = ("fan", "pump", "gearbox")
 FAULTS: tuple[str, ...] = ("bearing", "imbalance", "whine", "rubbing", "clog")
@@ -406,7 +406,9 @@ def generate_dataset(
     Every file has its own random stream derived from (seed, kind, id, split, index), so a file's
     content does not depend on what else is generated.
     """
-    from edge_monitor.audio import write_wav  # the I/O layer; synth_clip itself needs only numpy/scipy
+    from edge_monitor.core.wav import (
+        write_wav,  # the I/O layer; synth_clip itself needs only numpy/scipy
+    )
 
     kinds, ids, faults = tuple(kinds), tuple(ids), tuple(faults)
     _validate(kinds, faults, severity, duration, sample_rate)

@@ -24,11 +24,15 @@ import numpy as np
 import structlog
 
 import edge_monitor
-from edge_monitor.audio import parse_channel
-from edge_monitor.detector import DECISION_QUANTILE, DECISION_SECONDS, decision_length, sliding_means
-from edge_monitor.errors import AudioError, UserError
-from edge_monitor.features import FeatureParams, windows
-from edge_monitor.model import (
+from edge_monitor.core.detector import (
+    DECISION_QUANTILE,
+    DECISION_SECONDS,
+    decision_length,
+    sliding_means,
+)
+from edge_monitor.core.errors import AudioError, UserError
+from edge_monitor.core.features import FeatureParams, windows
+from edge_monitor.core.model import (
     FLOAT_MODEL_FILE,
     FORMAT,
     FORMAT_VERSION,
@@ -40,6 +44,7 @@ from edge_monitor.model import (
     WindowScorer,
     sha256_file,
 )
+from edge_monitor.core.wav import parse_channel
 
 from . import report
 from .data import Clip, FeatureCache, find_test_clips, find_training_clips
@@ -194,7 +199,7 @@ def _decision_thresholds(clip_errors: list[np.ndarray], params: FeatureParams) -
                            "held_out_max": float(means.max()), "held_out_exceed_fraction": float(np.mean(means > value)),
                            "decision_scores": int(len(means))})
     return {
-        "score": "mean window error over the last window_seconds of audio (edge_monitor.detector.sliding_means)",
+        "score": "mean window error over the last window_seconds of audio (edge_monitor.core.detector.sliding_means)",
         "method": "gamma_quantile of every decision score of the held-out clips, loc fixed at 0",
         "quantile": DECISION_QUANTILE,
         "thresholds": thresholds,
@@ -293,7 +298,7 @@ def train_one(clips: list[Clip], out: Path, params: FeatureParams, settings: Tra
         "evaluation": {},
     }
     # Read the quantisation the converter chose from the model itself, through the edge interpreter.
-    from edge_monitor.model import interpreter_backend
+    from edge_monitor.core.model import interpreter_backend
 
     backend, interpreter_class = interpreter_backend()
     interp = interpreter_class(model_content=int8_bytes)

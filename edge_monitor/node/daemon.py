@@ -2,7 +2,7 @@
 
 Threads: PortAudio's callbacks copy samples into one ring buffer per monitor (``mic.Capture``); one
 processing thread per monitor reads its ring, resamples if the device could not capture at the
-model's rate, and runs the same :class:`~edge_monitor.pipeline.Monitor` replay uses; the MQTT
+model's rate, and runs the same :class:`~edge_monitor.core.monitor.Monitor` replay uses; the MQTT
 publisher has its own threads; the main thread supervises devices, pings the systemd watchdog,
 updates ``STATUS=`` and handles signals. Every queue is bounded: the rings drop (and count) the
 oldest samples, the MQTT outbox has ``max_messages``.
@@ -23,7 +23,6 @@ oldest samples, the MQTT outbox has ``max_messages``.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import math
 import signal
@@ -35,16 +34,18 @@ from pathlib import Path
 import numpy as np
 import structlog
 
-from . import __version__
-from .config import load
-from .errors import UserError
-from .events import Event, JsonlWriter
-from .log import configure
-from .model import Bundle
-from .pipeline import Monitor, open_bundles
-from .ring import RingBuffer
-from .settings import MonitorSettings, Settings
-from .systemd import Notifier
+from edge_monitor import __version__
+from edge_monitor.core.errors import UserError
+from edge_monitor.core.events import Event
+from edge_monitor.core.model import Bundle
+from edge_monitor.core.monitor import Monitor
+from edge_monitor.node.bundles import open_bundles
+from edge_monitor.node.config import load
+from edge_monitor.node.jsonl import JsonlWriter
+from edge_monitor.node.log import configure
+from edge_monitor.node.ring import RingBuffer
+from edge_monitor.node.settings import MonitorSettings, Settings
+from edge_monitor.node.systemd import Notifier
 
 log = structlog.get_logger()
 
@@ -58,21 +59,6 @@ STATUS_SECONDS = 10.0
 READY_TIMEOUT = 10.0       # seconds to wait for the first audio before READY=1 anyway
 STALL_SECONDS = 5.0        # a monitor that processed nothing this long (device not known lost) is stalled
 MAX_RING_RATE = 48_000     # rings are sized for this rate in case a device must capture above the model's
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path,
-                        help="config file (default: /etc/edge-monitor/config.yaml, else ./config.yaml)")
-
-
-def run(args: argparse.Namespace) -> int:
-    from .check import default_config
-
-    path = args.config or default_config()
-    settings = load(path)
-    daemon = Daemon(path, settings, log_format=getattr(args, "log_format", None),
-                    log_level=getattr(args, "log_level", None))
-    return daemon.run()
 
 
 class Sink:
@@ -125,7 +111,7 @@ class Runner:
 
     def __init__(self, settings: MonitorSettings, bundle: Bundle, node: str, ring: RingBuffer, capture,
                  sink: Sink, telemetry_seconds: float, block_seconds: float):
-        from .mic import StreamResampler
+        from edge_monitor.core.resample import StreamResampler
 
         self.settings = settings
         self.name = settings.name
@@ -243,7 +229,7 @@ class DeviceGroup:
 
 def _check_devices(groups) -> None:
     """Every device exists and has the channels its monitors use (one line naming it otherwise)."""
-    from .mic import resolve_device
+    from edge_monitor.node.mic import resolve_device
 
     for group in groups:
         resolve_device(group.device, group.width)
@@ -333,7 +319,7 @@ class Daemon:
         mq = self.settings.mqtt
         self.publisher = None
         if mq.enabled:
-            from .mqtt import Publisher
+            from edge_monitor.node.mqtt.publisher import Publisher
 
             monitors = [{"name": m.name, "model": self.bundles[m.name].name, "sha256": self.bundles[m.name].sha256}
                         for m in self.settings.monitors]
@@ -342,7 +328,7 @@ class Daemon:
         self.sink = Sink(self.settings, self.publisher)
 
     def _start_group(self, key: str, group: DeviceGroup) -> None:
-        from .mic import Capture
+        from edge_monitor.node.mic import Capture
 
         capacity = int(group.ring_seconds * max(group.rate, MAX_RING_RATE))
         taps = []

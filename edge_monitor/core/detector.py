@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .events import AnomalyInfo, Band, Event, Origin, new_id, now_ms
-from .features import FeatureParams
-from .settings import DecisionSettings
+from edge_monitor.core.events import AnomalyInfo, Band, Event, Origin, new_id, now_ms
+from edge_monitor.core.features import FeatureParams
+from edge_monitor.core.settings import DecisionSettings
 
 NORMAL, PENDING, ANOMALY, COOLDOWN, SUSPENDED = "normal", "pending", "anomaly", "cooldown", "suspended"
 DECISION_QUANTILE = 0.999

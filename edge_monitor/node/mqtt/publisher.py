@@ -34,45 +34,39 @@ the caller on the network: ``publish_*`` write one SQLite row (a disk sync) and 
 
 from __future__ import annotations
 
-import argparse
 import collections
 import contextlib
-import json
 import math
-import os
-import socket
-import ssl
 import sys
 import threading
 import time
-import urllib.parse
-from collections.abc import Callable
-from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
 import structlog
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from paho.mqtt.enums import MQTTErrorCode
 
-from . import __version__
-from .errors import UserError
-from .events import Event, iso_ms, now_ms
-from .outbox import KINDS, Outbox
-from .settings import MqttSettings, TlsSettings
+from edge_monitor import __version__
+from edge_monitor.core.events import Event, iso_ms, now_ms
+from edge_monitor.node.mqtt.connection import (
+    auth_hint,
+    connect_async,
+    describe_error,
+    json_bytes,
+    json_number,
+    make_client,
+    plain,
+    read_password,
+    topic_level,
+)
+from edge_monitor.node.mqtt.outbox import KINDS, Outbox
+from edge_monitor.node.settings import MqttSettings
 
 log = structlog.get_logger()
 
 STATES = ("normal", "anomaly", "sensor_fault", "unknown")
 MAX_INFLIGHT = 20                 # QoS 1 messages handed to paho and not yet acknowledged
-SESSION_EXPIRY_SECONDS = 86_400   # MQTT 5: the broker keeps our session this long after the link drops
 SHORT_LINK_SECONDS = 10.0         # two links in a row shorter than this: the broker keeps kicking us (see below)
-
-
-class MqttCheckError(UserError):
-    """A failed step of ``mqtt-test``; ``str()`` says which step and what to do."""
 
 
 class Publisher:
@@ -85,8 +79,8 @@ class Publisher:
     def __init__(self, settings: MqttSettings, node: str, *, monitors: list[dict], version: str = __version__,
                  max_inflight: int = MAX_INFLIGHT) -> None:
         self.settings = settings
-        self.node = _level(node, "node")
-        self.base = f"{_level(settings.prefix.strip('/'), 'mqtt.prefix', slash_ok=True)}/{self.node}"
+        self.node = topic_level(node, "node")
+        self.base = f"{topic_level(settings.prefix.strip('/'), 'mqtt.prefix', slash_ok=True)}/{self.node}"
         self.status_topic = f"{self.base}/status"
         self.client_id = settings.client_id or f"edge-monitor-{self.node}"
         self.monitors = [dict(m) for m in monitors]
@@ -126,7 +120,7 @@ class Publisher:
         if self._client is not None:
             raise RuntimeError("Publisher.start() called twice")
         password = read_password(self.settings)
-        client = _make_client(self.settings, self.client_id, persistent=True, password=password)
+        client = make_client(self.settings, self.client_id, persistent=True, password=password)
         client.will_set(self.status_topic, self._status("offline", reason="connection lost"), qos=1, retain=True)
         client.max_inflight_messages_set(self.max_inflight + 10)  # never queue inside paho: we cap below this
         client.max_queued_messages_set(0)
@@ -144,7 +138,7 @@ class Publisher:
         self._client = client
         self._pump = threading.Thread(target=self._pump_loop, name="edge-monitor-mqtt-outbox", daemon=True)
         self._pump.start()
-        _connect_async(client, self.settings, persistent=True)
+        connect_async(client, self.settings, persistent=True)
         client.loop_start()
 
     def stop(self, timeout: float = 1.5) -> None:
@@ -178,10 +172,10 @@ class Publisher:
     # -- publishing ------------------------------------------------------------------------------
     def publish_event(self, event: Event) -> None:
         """Queue one event (QoS 1) durably; it carries the next per-node ``seq``."""
-        topic = f"{self.base}/{_level(event.monitor, 'monitor')}/event"
+        topic = f"{self.base}/{topic_level(event.monitor, 'monitor')}/event"
 
         def payload(seq: int) -> bytes:
-            return _json({**event.to_dict(), "seq": seq})
+            return json_bytes({**event.to_dict(), "seq": seq})
 
         _, dropped = self._box().put_event(topic, payload)
         self._queued(dropped)
@@ -191,17 +185,17 @@ class Publisher:
         if state not in STATES:
             raise ValueError(f"state {state!r} is not one of {STATES}")
         stamp = now_ms()
-        payload = _json({"state": state, "score": _num(score), "threshold": _num(threshold),
+        payload = json_bytes({"state": state, "score": json_number(score), "threshold": json_number(threshold),
                          "time": iso_ms(stamp), "time_ms": stamp})
-        self._queued(self._box().put("state", f"{self.base}/{_level(monitor, 'monitor')}/state", payload, 1, True))
+        self._queued(self._box().put("state", f"{self.base}/{topic_level(monitor, 'monitor')}/state", payload, 1, True))
 
     def publish_telemetry(self, monitor: str, values: dict) -> None:
         """Queue a monitor's telemetry (QoS 0); the outbox figures are added under ``mqtt``."""
         box = self._box()
         stamp = now_ms()
-        data = {**_plain(values), "time": iso_ms(stamp), "time_ms": stamp,
+        data = {**plain(values), "time": iso_ms(stamp), "time_ms": stamp,
                 "mqtt": {"queued": len(box), "dropped": box.dropped(), "rejected": box.counter("rejected")}}
-        self._queued(box.put("telemetry", f"{self.base}/{_level(monitor, 'monitor')}/telemetry", _json(data), 0, False))
+        self._queued(box.put("telemetry", f"{self.base}/{topic_level(monitor, 'monitor')}/telemetry", json_bytes(data), 0, False))
 
     # -- looking -----------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -263,13 +257,13 @@ class Publisher:
         data["started_at"] = iso_ms(self.started_ms)
         if reason != "connection lost":  # the Will is written at start: a time in it would be a lie
             data["time"] = iso_ms(stamp)
-        return _json(data)
+        return json_bytes(data)
 
     # -- internals: paho's thread ---------------------------------------------------------------
     def _on_connect(self, client: paho.Client, _userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
             self._short_links = 0
-            self._report_problem(f"broker refused the connection: {reason}{_auth_hint(reason, self.settings)}",
+            self._report_problem(f"broker refused the connection: {reason}{auth_hint(reason, self.settings)}",
                                  error=True)
             return
         with self._link_lock:
@@ -446,362 +440,3 @@ class _Throttle:
             self.last = time.monotonic()
             counts, self.counts = dict(self.counts), collections.Counter()
             return counts
-
-
-# -- connection settings ---------------------------------------------------------------------------
-def read_password(settings: MqttSettings) -> str | None:
-    """The password from ``password_file`` (trailing newline stripped) or the variable ``password_env``."""
-    if settings.password_file:
-        try:
-            return Path(settings.password_file).read_text(encoding="utf-8").rstrip("\r\n")
-        except OSError as exc:
-            raise UserError(f"mqtt.password_file {settings.password_file}: cannot read it ({exc.strerror})") from None
-        except UnicodeDecodeError:
-            raise UserError(f"mqtt.password_file {settings.password_file}: not UTF-8 text") from None
-    if settings.password_env:
-        value = os.environ.get(settings.password_env)
-        if value is None:
-            raise UserError(f"mqtt.password_env: the environment variable {settings.password_env} is not set")
-        return value
-    return None
-
-
-def ssl_context(tls: TlsSettings) -> ssl.SSLContext:
-    """A client TLS context: the CA file (or the system's CAs), an optional client certificate and key."""
-    try:
-        context = ssl.create_default_context(cafile=tls.ca_file)
-    except FileNotFoundError:
-        raise UserError(f"mqtt.tls.ca_file {tls.ca_file}: no such file") from None
-    except (ssl.SSLError, OSError) as exc:
-        raise UserError(f"mqtt.tls.ca_file {tls.ca_file}: not a usable PEM CA certificate ({exc})") from None
-    if tls.key_file and not tls.cert_file:
-        raise UserError("mqtt.tls.key_file is set but mqtt.tls.cert_file is not")
-    if tls.cert_file:
-        try:
-            context.load_cert_chain(tls.cert_file, tls.key_file)
-        except FileNotFoundError as exc:
-            missing = exc.filename or tls.cert_file
-            raise UserError(f"mqtt.tls: client certificate or key {missing}: no such file") from None
-        except (ssl.SSLError, OSError) as exc:
-            raise UserError(f"mqtt.tls.cert_file {tls.cert_file}: cannot load the client certificate and key "
-                            f"({getattr(exc, 'reason', None) or exc})") from None
-    context.check_hostname = not tls.insecure
-    return context
-
-
-def _make_client(settings: MqttSettings, client_id: str, *, persistent: bool, password: str | None) -> paho.Client:
-    if settings.protocol not in ("5", "3.1.1"):
-        raise UserError(f"mqtt.protocol must be 5 or 3.1.1, got {settings.protocol!r}")
-    v5 = settings.protocol == "5"
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                         protocol=paho.MQTTv5 if v5 else paho.MQTTv311, clean_session=None if v5 else not persistent)
-    if settings.username is not None:
-        client.username_pw_set(settings.username, password)
-    elif password is not None:
-        raise UserError("mqtt: a password is configured but mqtt.username is not")
-    if settings.tls is not None:
-        client.tls_set_context(ssl_context(settings.tls))
-        client.tls_insecure_set(settings.tls.insecure)
-    return client
-
-
-def _connect_args(settings: MqttSettings, persistent: bool) -> dict[str, Any]:
-    if settings.protocol != "5":
-        return {}
-    props = Properties(PacketTypes.CONNECT)
-    props.SessionExpiryInterval = SESSION_EXPIRY_SECONDS if persistent else 0
-    return {"clean_start": not persistent, "properties": props}
-
-
-def _connect_async(client: paho.Client, settings: MqttSettings, *, persistent: bool) -> None:
-    client.connect_async(settings.host, settings.port, settings.keepalive, **_connect_args(settings, persistent))
-
-
-def parse_url(url: str, base: MqttSettings | None = None) -> MqttSettings:
-    """``mqtt://[user@]host[:port]`` or ``mqtts://...`` (TLS, default port 8883) over ``base``; enables MQTT.
-
-    Passwords never go in the URL (they would show in ``ps`` and shell history): use ``mqtt.password_file``
-    or ``mqtt.password_env``. With ``mqtts`` and no TLS settings in ``base`` the system's CAs are used.
-    """
-    base = base or MqttSettings()
-    try:
-        parts = urllib.parse.urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise UserError(f"MQTT URL {url!r}: {exc}") from None
-    if parts.scheme not in ("mqtt", "mqtts"):
-        raise UserError(f"MQTT URL {url!r}: the scheme must be mqtt:// or mqtts://")
-    if not parts.hostname:
-        raise UserError(f"MQTT URL {url!r}: no host")
-    if parts.password is not None:
-        raise UserError(f"MQTT URL {url!r}: do not put the password in the URL; "
-                        "use mqtt.password_file or mqtt.password_env (--password-file / --password-env)")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise UserError(f"MQTT URL {url!r}: only mqtt[s]://[user@]host[:port] is understood")
-    tls = (base.tls or TlsSettings()) if parts.scheme == "mqtts" else None
-    return replace(base, enabled=True, host=parts.hostname, port=port or (8883 if tls else 1883), tls=tls,
-                   username=urllib.parse.unquote(parts.username) if parts.username else base.username)
-
-
-# -- diagnosis ----------------------------------------------------------------------------------------
-def describe_error(exc: BaseException | None, host: str, port: int) -> str:
-    """One line naming the layer that failed (DNS, TCP, TLS) for an exception raised while connecting."""
-    where = f"{host}:{port}"
-    if isinstance(exc, socket.gaierror):
-        return f"DNS: cannot resolve {host!r} ({exc.strerror or exc}); check mqtt.host"
-    if isinstance(exc, ConnectionRefusedError):
-        return f"TCP: connection to {where} refused: no broker listens there; check mqtt.host and mqtt.port"
-    if isinstance(exc, TimeoutError):
-        return f"TCP: no answer from {where} (timed out): host down, wrong address or a firewall"
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return (f"TLS: the broker's certificate was not accepted: {exc.verify_message}; "
-                "check mqtt.tls.ca_file and that mqtt.host is a name in the certificate")
-    if isinstance(exc, ssl.SSLError):
-        reason = exc.reason or str(exc)
-        if reason == "WRONG_VERSION_NUMBER":
-            reason += " (is this a TLS port?)"
-        elif "ALERT" in reason.upper():
-            reason += " (the broker refused our client certificate, or needs one: mqtt.tls.cert_file/key_file)"
-        return f"TLS: handshake with {where} failed: {reason}"
-    if isinstance(exc, (ConnectionResetError, ConnectionAbortedError)):
-        return f"TCP: {where} closed the connection ({exc.strerror or exc})"
-    if isinstance(exc, OSError):
-        return f"TCP: cannot connect to {where}: {exc.strerror or exc}"
-    return f"cannot connect to {where}: {exc}"
-
-
-def _auth_hint(reason: Any, settings: MqttSettings) -> str:
-    name = str(reason)
-    if name not in ("Bad user name or password", "Not authorized"):
-        return ""
-    if settings.username is None:
-        return "; the broker wants a login: set mqtt.username and mqtt.password_file"
-    source = (f"file {settings.password_file}" if settings.password_file
-              else f"${settings.password_env}" if settings.password_env else "(no password configured)")
-    return f"; check mqtt.username ({settings.username!r}) and the password in {source}"
-
-
-def check_connection(settings: MqttSettings, node: str, timeout: float = 10.0,
-                     report: Callable[[str], None] | None = None) -> list[str]:
-    """Connect as the publisher would, publish to ``<prefix>/<node>/test`` and wait for the PUBACK.
-
-    Returns one line per step that passed (also given to ``report`` as they pass); the first failing step
-    raises :class:`MqttCheckError` saying what failed: DNS, TCP, TLS, auth (CONNACK) or ACL (the publish).
-    The test uses its own client id (``<client id>-mqtt-test``) so that a running daemon is not kicked off.
-    """
-    steps: list[str] = []
-
-    def passed(line: str) -> None:
-        steps.append(line)
-        if report:
-            report(line)
-
-    host, port = settings.host, settings.port
-    password = read_password(settings)
-    client_id = f"{settings.client_id or f'edge-monitor-{node}'}-mqtt-test"
-    client = _make_client(settings, client_id, persistent=False, password=password)  # config errors first
-    topic = f"{settings.prefix.strip('/')}/{_level(node, 'node')}/test"
-    # DNS
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise MqttCheckError(describe_error(exc, host, port)) from None
-    addresses = list(dict.fromkeys(info[4][0] for info in infos))
-    passed(f"DNS: {host} is {', '.join(addresses)}")
-    # TCP, then TLS on the same probe connection
-    try:
-        probe = socket.create_connection((host, port), timeout=timeout)
-    except OSError as exc:
-        raise MqttCheckError(describe_error(exc, host, port)) from None
-    try:
-        passed(f"TCP: {host}:{port} accepts connections")
-        if settings.tls is not None:
-            passed(_check_tls(probe, settings, timeout))
-    finally:
-        probe.close()
-    # MQTT: CONNECT, SUBSCRIBE, PUBLISH
-    done = {name: threading.Event() for name in ("connack", "suback", "puback", "message", "closed")}
-    seen: dict[str, Any] = {}
-
-    def on_connect(_c: Any, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
-        seen["connack"] = reason
-        done["connack"].set()
-
-    def on_subscribe(_c: Any, _u: Any, _mid: int, reasons: list, _p: Any) -> None:
-        seen["suback"] = reasons[0] if reasons else None
-        done["suback"].set()
-
-    def on_publish(_c: Any, _u: Any, _mid: int, reason: Any, _p: Any) -> None:
-        seen["puback"] = reason
-        done["puback"].set()
-
-    def on_message(_c: Any, _u: Any, message: Any) -> None:
-        if message.topic == topic and message.payload == payload:
-            done["message"].set()
-
-    def on_disconnect(_c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        seen["closed"] = reason
-        done["closed"].set()
-
-    client.on_connect, client.on_subscribe, client.on_publish = on_connect, on_subscribe, on_publish
-    client.on_message, client.on_disconnect = on_message, on_disconnect
-    client.connect_timeout = timeout
-    payload = _json({"test": True, "node": node, "client_id": client_id, "time": iso_ms(now_ms())})
-    try:
-        client.connect(host, port, settings.keepalive, **_connect_args(settings, persistent=False))
-    except OSError as exc:
-        raise MqttCheckError(describe_error(exc, host, port)) from None
-    client.loop_start()
-    try:
-        if not _wait_either(done["connack"], done["closed"], timeout) or "connack" not in seen:
-            raise MqttCheckError(f"MQTT: no CONNACK from {host}:{port} within {timeout:g} s"
-                                 f"{' (the broker closed the connection)' if 'closed' in seen else ''}; "
-                                 f"is it an MQTT {settings.protocol} broker "
-                                 f"{'with TLS' if settings.tls else 'without TLS (for TLS: mqtts://, mqtt.tls)'}?")
-        reason = seen["connack"]
-        if reason.is_failure:
-            who = f"user {settings.username!r}" if settings.username is not None else "an anonymous client"
-            raise MqttCheckError(f"auth: the broker refused the connection of {who}: {reason}"
-                                 f"{_auth_hint(reason, settings)}")
-        passed(f"MQTT {settings.protocol}: connected as client id {client_id!r}"
-               + (f", user {settings.username!r}" if settings.username is not None else ", anonymous"))
-        client.subscribe(topic, qos=1)
-        subscribed = _wait_either(done["suback"], done["closed"], timeout) and not (
-            seen.get("suback") is None or seen["suback"].is_failure)
-        info = client.publish(topic, payload, qos=1)
-        if not _wait_either(done["puback"], done["closed"], timeout) or "puback" not in seen:
-            raise MqttCheckError(f"publish: no PUBACK for {topic!r} within {timeout:g} s"
-                                 f"{' (the broker closed the connection)' if 'closed' in seen else ''}")
-        if seen["puback"].is_failure:
-            raise MqttCheckError(f"ACL: the broker refused publishing to {topic!r}: {seen['puback']} "
-                                 f"(reason 0x{seen['puback'].value:02X}); allow this client to write "
-                                 f"'{settings.prefix.strip('/')}/{node}/#'")
-        del info
-        if subscribed:
-            if not done["message"].wait(min(timeout, 3.0)):
-                raise MqttCheckError(f"ACL: the publish to {topic!r} was acknowledged but never delivered: the broker "
-                                     f"probably denied it (MQTT {settings.protocol} brokers drop denied messages "
-                                     f"silently); allow this client to write '{settings.prefix.strip('/')}/{node}/#'")
-            passed(f"publish: {topic} acknowledged (PUBACK) and delivered back to this client")
-        else:
-            passed(f"publish: {topic} acknowledged (PUBACK); delivery not verified "
-                   "(this client may not subscribe to the test topic)")
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    return steps
-
-
-def _check_tls(sock: socket.socket, settings: MqttSettings, timeout: float) -> str:
-    assert settings.tls is not None
-    host, port = settings.host, settings.port
-    try:
-        tls_sock = ssl_context(settings.tls).wrap_socket(sock, server_hostname=host)
-    except ssl.SSLError as exc:
-        raise MqttCheckError(describe_error(exc, host, port)) from None
-    except OSError as exc:
-        raise MqttCheckError(f"TLS: {host}:{port} closed the connection during the handshake ({exc.strerror or exc}): "
-                             "is it a TLS port (usually 8883)?") from None
-    # TLS 1.3: a broker that refuses our client certificate says so only after the handshake
-    tls_sock.settimeout(min(1.0, timeout))
-    try:
-        data = tls_sock.recv(1)
-    except TimeoutError:
-        data = None
-    except (ssl.SSLError, OSError) as exc:
-        raise MqttCheckError(describe_error(exc, host, port)) from None
-    if data == b"":
-        raise MqttCheckError(f"TLS: {host}:{port} closed the connection right after the handshake: it probably "
-                             "refused our client certificate (or needs one): check mqtt.tls.cert_file/key_file")
-    client_cert = " and accepted ours" if settings.tls.cert_file else ""
-    checked = " (host name not checked: insecure)" if settings.tls.insecure else ""
-    return f"TLS: {tls_sock.version()}, broker certificate verified{checked}{client_cert}"
-
-
-def _wait_either(first: threading.Event, second: threading.Event, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if first.wait(0.05):
-            return True
-        if second.is_set():
-            return first.is_set()
-    return first.is_set()
-
-
-# -- the mqtt-test command --------------------------------------------------------------------------------
-def add_test_arguments(parser: argparse.ArgumentParser) -> None:
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--config", help="config.yaml: test the node's mqtt settings")
-    source.add_argument("--url", help="mqtt://[user@]host[:port] or mqtts://... (TLS)")
-    parser.add_argument("--node", help="node name for the test topic (default: the config's node, or the host name)")
-    parser.add_argument("--protocol", choices=("5", "3.1.1"), help="MQTT protocol version (default 5)")
-    parser.add_argument("--password-file", help="read the password from this file")
-    parser.add_argument("--password-env", help="read the password from this environment variable")
-    parser.add_argument("--ca-file", help="TLS: CA certificate(s) to verify the broker with")
-    parser.add_argument("--cert-file", help="TLS: client certificate")
-    parser.add_argument("--key-file", help="TLS: client key")
-    parser.add_argument("--insecure", action="store_true", help="TLS: do not check the broker's host name")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each step (default 10)")
-
-
-def run_test(args: argparse.Namespace) -> int:
-    node = args.node
-    if args.config:
-        from .config import load  # imported here: the node's config module
-
-        config = load(args.config)
-        settings, node = config.mqtt, node or config.node
-    else:
-        settings = parse_url(args.url)
-    overrides: dict[str, Any] = {}
-    if args.protocol:
-        overrides["protocol"] = args.protocol
-    if args.password_file or args.password_env:
-        overrides.update(password_file=args.password_file, password_env=args.password_env)
-    if args.ca_file or args.cert_file or args.key_file or args.insecure:
-        tls = settings.tls or TlsSettings()
-        overrides["tls"] = replace(tls, ca_file=args.ca_file or tls.ca_file, cert_file=args.cert_file or tls.cert_file,
-                                   key_file=args.key_file or tls.key_file, insecure=args.insecure or tls.insecure)
-    settings = replace(settings, **overrides)
-    node = node or socket.gethostname().split(".")[0]
-    scheme = "mqtts" if settings.tls else "mqtt"
-    print(f"mqtt-test: {scheme}://{settings.host}:{settings.port} as node {node!r}, MQTT {settings.protocol}",
-          flush=True)
-    check_connection(settings, node, args.timeout, report=lambda line: print(f"  ok  {line}", flush=True))
-    print("mqtt-test: all checks passed")
-    return 0
-
-
-# -- small helpers -------------------------------------------------------------------------------------------
-def _level(name: str, what: str, *, slash_ok: bool = False) -> str:
-    bad = "+#" if slash_ok else "/+#"
-    if not name or any(c in name for c in bad) or "\0" in name:
-        raise UserError(f"{what} {name!r} cannot be used in an MQTT topic (empty, or contains "
-                        f"{' '.join(repr(c) for c in bad)})")
-    return name
-
-
-def _num(value: Any) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return round(value, 6) if math.isfinite(value) else None
-
-
-def _plain(value: Any) -> Any:
-    """JSON-ready copy: numpy scalars to Python numbers, NaN/inf to null."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (bool, str)) or value is None:
-        return value
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    return value
-
-
-def _json(data: Any) -> bytes:
-    return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import yaml
 
-from .errors import UserError
-from .settings import (
+from edge_monitor.core.errors import UserError
+from edge_monitor.node.settings import (
     AudioSettings,
     DecisionSettings,
     HealthSettings,

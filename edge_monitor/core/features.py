@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import FeatureError
+from edge_monitor.core.errors import FeatureError
 
 LOG_OFFSET = 2.2e-16
 """Added to the mel power before the log (the DCASE baseline's ``sys.float_info.epsilon``)."""

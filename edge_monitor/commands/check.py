@@ -9,10 +9,10 @@ import argparse
 import os
 from pathlib import Path
 
-from .config import load
-from .detector import decision_threshold
-from .errors import UserError
-from .pipeline import open_bundles
+from edge_monitor.core.detector import decision_threshold
+from edge_monitor.core.errors import UserError
+from edge_monitor.node.bundles import open_bundles
+from edge_monitor.node.config import load
 
 DEFAULT_CONFIGS = (Path("/etc/edge-monitor/config.yaml"), Path("config.yaml"))
 

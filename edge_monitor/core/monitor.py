@@ -13,13 +13,19 @@ import math
 
 import numpy as np
 
-from .detector import ANOMALY, SUSPENDED, Detector, Threshold, decision_length, decision_threshold, explain_bands
-from .errors import BundleError
-from .events import Band, Event, Origin
-from .features import StreamingLogMel, mel_band_edges, windows
-from .health import Health
-from .model import Bundle, WindowScorer
-from .settings import MonitorSettings, Settings
+from edge_monitor.core.detector import (
+    ANOMALY,
+    SUSPENDED,
+    Detector,
+    Threshold,
+    decision_threshold,
+    explain_bands,
+)
+from edge_monitor.core.events import Band, Event, Origin
+from edge_monitor.core.features import StreamingLogMel, mel_band_edges, windows
+from edge_monitor.core.health import Health
+from edge_monitor.core.model import Bundle, WindowScorer
+from edge_monitor.core.settings import MonitorSettings
 
 LIVE_BATCH = 1     # the daemon scores each window as it completes
 REPLAY_BATCH = 64          # windows per interpreter call in replay (measured best of 1..256 on 10-s clips)
@@ -203,23 +209,3 @@ class Monitor:
             "health": self.health.bad_conditions,
         }
 
-
-def open_bundles(settings: Settings) -> dict[str, Bundle]:
-    """Load and check the bundle of every monitor against the node's settings; errors name the monitor."""
-    bundles: dict[str, Bundle] = {}
-    for i, m in enumerate(settings.monitors):
-        where = f"monitors[{i}] ({m.name})"
-        try:
-            bundle = Bundle.load(m.model)
-        except BundleError as exc:
-            raise BundleError(f"{where}: {exc}") from None
-        rate = settings.audio.sample_rate
-        if rate is not None and rate < bundle.params.sample_rate:
-            raise BundleError(f"{where}: the model {bundle.name} needs {bundle.params.sample_rate} Hz audio but "
-                              f"audio.sample_rate is {rate}; capture at {bundle.params.sample_rate} Hz or more")
-        decision = m.decision
-        if decision_length(decision.window_seconds, bundle.params) < decision_length(decision.step_seconds,
-                                                                                      bundle.params):
-            raise BundleError(f"{where}: decision.step_seconds is longer than decision.window_seconds")
-        bundles[m.name] = bundle
-    return bundles

@@ -260,21 +260,3 @@ def validate(data: Any) -> list[str]:
         problems.append("field 'seq' must be an integer")
     return problems
 
-
-class JsonlWriter:
-    """Appends events as JSON lines to a file (``-``: standard output), flushed after each event."""
-
-    def __init__(self, path: str):
-        import sys
-
-        self.path = path
-        self._file = sys.stdout if path == "-" else open(path, "a", encoding="utf-8")  # noqa: SIM115
-
-    def write(self, event: Event) -> None:
-        self._file.write(event.to_json() + "\n")
-        self._file.flush()
-
-    def close(self) -> None:
-        if self._file is not None and self.path != "-":
-            self._file.close()
-        self._file = None

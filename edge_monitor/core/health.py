@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .events import Event, HealthInfo, Origin, new_id
-from .features import FeatureParams
-from .settings import HealthSettings
+from edge_monitor.core.events import Event, HealthInfo, Origin, new_id
+from edge_monitor.core.features import FeatureParams
+from edge_monitor.core.settings import HealthSettings
 
 FULL_SCALE = 0.999  # |sample| at or above this counts as clipped (int16 full scale is 32767/32768)
 IMMEDIATE = ("drops", "sensor_fault")

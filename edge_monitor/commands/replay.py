@@ -1,7 +1,7 @@
 """``edge-monitor replay FILE …``: WAV files through the daemon's own pipeline.
 
 Each file is read (any WAV the training loader reads), its channel picked and resampled to the
-model's rate, then pushed in blocks through :class:`~edge_monitor.pipeline.Monitor` — the same
+model's rate, then pushed in blocks through :class:`~edge_monitor.core.monitor.Monitor` — the same
 object the daemon feeds from the microphone. Events go to ``--jsonl`` (and MQTT with ``--mqtt``);
 a short summary per file goes to standard output. Exit code: 0 no anomaly, 1 an anomaly, 2 an error.
 """
@@ -16,14 +16,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .audio import load_audio, parse_channel
-from .errors import UserError
-from .events import Event, JsonlWriter
-from .model import Bundle, WindowScorer
-from .pipeline import REPLAY_BATCH, REPLAY_BLOCK_SECONDS, Monitor, open_bundles
-from .settings import AudioSettings, MonitorSettings, Settings
+from edge_monitor import DEMO_DIR
+from edge_monitor.core.errors import UserError
+from edge_monitor.core.events import Event
+from edge_monitor.core.model import Bundle, WindowScorer
+from edge_monitor.core.monitor import REPLAY_BATCH, REPLAY_BLOCK_SECONDS, Monitor
+from edge_monitor.core.wav import load_audio, parse_channel
+from edge_monitor.node.bundles import open_bundles
+from edge_monitor.node.jsonl import JsonlWriter
+from edge_monitor.node.settings import AudioSettings, MonitorSettings, Settings
 
-DEMO_BUNDLE = Path(__file__).resolve().parent / "demo" / "fan-id_00"
+DEMO_BUNDLE = DEMO_DIR / "fan-id_00"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +68,7 @@ class FileResult:
 
 def _settings(args: argparse.Namespace) -> Settings:
     if args.config is not None:
-        from .config import load
+        from edge_monitor.node.config import load
 
         settings = load(args.config)
         if args.channel is not None or args.threshold is not None:
@@ -225,7 +228,8 @@ def _publisher(args: argparse.Namespace, settings: Settings, bundles: dict[str, 
     """A publisher for ``--mqtt``: the config's mqtt section (or defaults) with the URL's broker on top."""
     from dataclasses import replace
 
-    from .mqtt import Publisher, parse_url
+    from edge_monitor.node.mqtt.connection import parse_url
+    from edge_monitor.node.mqtt.publisher import Publisher
 
     mq = settings.mqtt
     if args.mqtt:

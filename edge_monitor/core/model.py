@@ -21,8 +21,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import BundleError, FeatureError
-from .features import FeatureParams, log_mel, windows
+from edge_monitor.core.errors import BundleError, FeatureError
+from edge_monitor.core.features import FeatureParams, log_mel, windows
 
 FORMAT = "edge-monitor-bundle"
 FORMAT_VERSION = 1

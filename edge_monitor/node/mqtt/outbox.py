@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from edge_monitor.core.errors import UserError
 
 KINDS = ("telemetry", "state", "event")
 

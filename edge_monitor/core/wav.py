@@ -3,7 +3,7 @@
 ``read_wav`` walks the RIFF chunks itself (no ``wave``, no scipy), decodes 8-bit unsigned,
 16/24/32-bit signed PCM and 32/64-bit float (plain or WAVE_FORMAT_EXTENSIBLE) with vectorised
 numpy and returns float32 samples in [-1, 1]. Every problem a user can cause raises
-:class:`~edge_monitor.errors.AudioError` with one line: the file, what is wrong, what to do.
+:class:`~edge_monitor.core.errors.AudioError` with one line: the file, what is wrong, what to do.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Union
 
 import numpy as np
 
-from edge_monitor.errors import AudioError, UserError
+from edge_monitor.core.errors import AudioError, UserError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -194,7 +194,9 @@ def resample(x: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     if from_rate == to_rate:
         return x
-    from scipy.signal import resample_poly  # imported on first use: scipy.signal costs 0.6 s at start-up
+    from scipy.signal import (
+        resample_poly,  # imported on first use: scipy.signal costs 0.6 s at start-up
+    )
 
     g = math.gcd(from_rate, to_rate)
     return resample_poly(x, to_rate // g, from_rate // g, axis=0).astype(np.float32, copy=False)

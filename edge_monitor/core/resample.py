@@ -1,0 +1,101 @@
+"""The one streaming resampler: any rate to the model's rate, the same output whatever the block sizes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+class StreamResampler:
+    """Stateful polyphase resampler from ``from_rate`` to ``to_rate`` Hz for a stream of 1-D blocks.
+
+    The filter is the one ``scipy.signal.resample_poly`` designs (``up``/``down`` reduced by their gcd,
+    ``firwin(2*half_len+1, 1/max(up, down), window=('kaiser', 5.0)) * up`` with ``half_len =
+    10*max(up, down)``, zero-padded in front the same way), applied as a polyphase FIR that keeps the
+    last input samples between blocks. The output is therefore the same whatever the block sizes, and
+    equals ``resample_poly`` (i.e. ``edge_monitor.core.wav.resample``, used by replay) of the whole signal
+    sample for sample: ``resample_poly`` removes the filter's group delay by looking ahead, a stream
+    cannot, so each output sample is emitted only once the input it needs has arrived. The price is a
+    latency of ``latency_samples`` output samples (about 11 samples at the lower of the two rates,
+    e.g. 0.7 ms at 16 kHz): the last ``latency_samples`` outputs of the input so far come with later blocks.
+
+    ``process(block)`` returns float32 (float64 in → float64 out); the identity (equal rates) returns
+    ``block`` itself. ``reset()`` forgets the past (after a gap in the input).
+    """
+
+    def __init__(self, from_rate: int, to_rate: int) -> None:
+        if from_rate <= 0 or to_rate <= 0:
+            raise ValueError(f"sample rates must be positive, got {from_rate} -> {to_rate}")
+        self.from_rate, self.to_rate = int(from_rate), int(to_rate)
+        g = math.gcd(self.from_rate, self.to_rate)
+        self.up, self.down = self.to_rate // g, self.from_rate // g
+        self.identity = self.up == self.down
+        self.latency_samples = 0
+        if self.identity:
+            return
+        from scipy.signal import (
+            firwin,  # first use only: scipy.signal is slow to import
+        )
+
+        up, down = self.up, self.down
+        max_rate = max(up, down)
+        half_len = 10 * max_rate
+        h = firwin(2 * half_len + 1, 1.0 / max_rate, window=("kaiser", 5.0)) * up
+        n_pre_pad = down - half_len % down
+        self._skip_total = (half_len + n_pre_pad) // down  # outputs resample_poly drops at the start
+        h = np.concatenate((np.zeros(n_pre_pad), h))
+        taps = -(-len(h) // up)  # taps per phase
+        h = np.concatenate((h, np.zeros(taps * up - len(h))))
+        # phase p filter, reversed so that a window x[i-taps+1 .. i] (ascending) dots with it
+        self._phases = np.ascontiguousarray(h.reshape(taps, up).T[:, ::-1])
+        self._taps = taps
+        # after n inputs resample_poly has ceil(n*up/down) outputs, the stream that many minus the skip
+        self.latency_samples = self._skip_total
+        self.reset()
+
+    @property
+    def latency_seconds(self) -> float:
+        return self.latency_samples / self.to_rate
+
+    def reset(self) -> None:
+        if self.identity:
+            return
+        self._hist = np.zeros(self._taps - 1)
+        self._n_in = 0  # input samples seen (reduced by multiples of `down`, see process)
+        self._m = 0  # next output index (before the skip; reduced by multiples of `up`)
+        self._skip = self._skip_total
+
+    def process(self, block: np.ndarray) -> np.ndarray:
+        if self.identity:
+            return block
+        x = np.asarray(block)
+        if x.ndim != 1:
+            raise ValueError(f"StreamResampler.process: expected a 1-D block, got shape {x.shape}")
+        out_dtype = np.float64 if x.dtype == np.float64 else np.float32
+        up, down, taps = self.up, self.down, self._taps
+        n_before = self._n_in
+        self._n_in += x.shape[0]
+        buf = np.concatenate((self._hist, x.astype(np.float64, copy=False)))
+        m_end = (self._n_in * up - 1) // down + 1 if self._n_in > 0 else 0
+        m0 = self._m
+        if m_end > m0:
+            j = np.arange(m0, m_end, dtype=np.int64) * down
+            phase = j % up
+            start = j // up - n_before  # index in buf of x[i - taps + 1], since buf[taps-1] is x[n_before]
+            windows = np.lib.stride_tricks.sliding_window_view(buf, taps)
+            y = np.einsum("nk,nk->n", windows[start], self._phases[phase])
+            self._m = m_end
+        else:
+            y = np.zeros(0)
+        self._hist = buf[buf.shape[0] - (taps - 1):].copy() if taps > 1 else np.zeros(0)
+        if self._skip:
+            drop = min(self._skip, y.shape[0])
+            y = y[drop:]
+            self._skip -= drop
+        # keep the counters small: output m+up needs input i+down, with the same phase
+        q = self._m // up
+        if q:
+            self._m -= q * up
+            self._n_in -= q * down
+        return y.astype(out_dtype, copy=False)
