@@ -10,18 +10,25 @@ import numpy as np
 class StreamResampler:
     """Stateful polyphase resampler from ``from_rate`` to ``to_rate`` Hz for a stream of 1-D blocks.
 
+    The one resampler of the project: the daemon (a device that cannot capture at the model's rate),
+    replay of a file at another rate and the WAV loader of training and evaluation all use it, so the
+    same audio gives the same samples, whichever path it took.
+
     The filter is the one ``scipy.signal.resample_poly`` designs (``up``/``down`` reduced by their gcd,
     ``firwin(2*half_len+1, 1/max(up, down), window=('kaiser', 5.0)) * up`` with ``half_len =
     10*max(up, down)``, zero-padded in front the same way), applied as a polyphase FIR that keeps the
     last input samples between blocks. The output is therefore the same whatever the block sizes, and
-    equals ``resample_poly`` (i.e. ``edge_monitor.core.wav.resample``, used by replay) of the whole signal
-    sample for sample: ``resample_poly`` removes the filter's group delay by looking ahead, a stream
-    cannot, so each output sample is emitted only once the input it needs has arrived. The price is a
-    latency of ``latency_samples`` output samples (about 11 samples at the lower of the two rates,
-    e.g. 0.7 ms at 16 kHz): the last ``latency_samples`` outputs of the input so far come with later blocks.
+    equals ``resample_poly`` of the whole signal sample for sample once :meth:`flush` has added the end
+    (``resample_poly`` zero-pads the end; so does ``flush``). ``resample_poly`` removes the filter's
+    group delay by looking ahead; a stream cannot, so each output sample is emitted only once the input
+    it needs has arrived. Output sample ``k`` is therefore always the signal at time ``k / to_rate``:
+    positions derived from output counts need no correction for the delay. The price is a latency of
+    ``latency_samples`` output samples (about 11 samples at the lower of the two rates, e.g. 0.7 ms at
+    16 kHz): the newest ``pending`` outputs come with later blocks (or with ``flush``).
 
     ``process(block)`` returns float32 (float64 in → float64 out); the identity (equal rates) returns
-    ``block`` itself. ``reset()`` forgets the past (after a gap in the input).
+    ``block`` itself. ``reset()`` forgets the past (after a gap in the input) and returns how many
+    outputs were still pending, i.e. lost with the gap.
     """
 
     def __init__(self, from_rate: int, to_rate: int) -> None:
@@ -52,19 +59,41 @@ class StreamResampler:
         self._taps = taps
         # after n inputs resample_poly has ceil(n*up/down) outputs, the stream that many minus the skip
         self.latency_samples = self._skip_total
+        self._in_total = self._out_total = 0
         self.reset()
 
     @property
     def latency_seconds(self) -> float:
         return self.latency_samples / self.to_rate
 
-    def reset(self) -> None:
+    @property
+    def pending(self) -> int:
+        """Outputs that ``resample_poly`` would already give for the input so far but this stream has not."""
         if self.identity:
-            return
+            return 0
+        return -(-self._in_total * self.up // self.down) - self._out_total  # ceil(in · up / down) - emitted
+
+    def reset(self) -> int:
+        """Forget the input so far (a gap follows); returns the pending outputs lost with it."""
+        if self.identity:
+            return 0
+        lost = self.pending
         self._hist = np.zeros(self._taps - 1)
         self._n_in = 0  # input samples seen (reduced by multiples of `down`, see process)
         self._m = 0  # next output index (before the skip; reduced by multiples of `up`)
         self._skip = self._skip_total
+        self._in_total = 0  # since the last reset, never reduced (Python ints)
+        self._out_total = 0
+        return lost
+
+    def flush(self) -> np.ndarray:
+        """The outputs still pending at the end of the stream (as ``resample_poly`` zero-pads the end)."""
+        if self.identity or not self._in_total:
+            return np.zeros(0, np.float32)
+        want = self.pending
+        zeros_needed = -(-want * self.down // self.up) + self._taps
+        tail = self.process(np.zeros(zeros_needed, np.float32))
+        return tail[:want]
 
     def process(self, block: np.ndarray) -> np.ndarray:
         if self.identity:
@@ -76,6 +105,7 @@ class StreamResampler:
         up, down, taps = self.up, self.down, self._taps
         n_before = self._n_in
         self._n_in += x.shape[0]
+        self._in_total += x.shape[0]
         buf = np.concatenate((self._hist, x.astype(np.float64, copy=False)))
         m_end = (self._n_in * up - 1) // down + 1 if self._n_in > 0 else 0
         m0 = self._m
@@ -98,4 +128,5 @@ class StreamResampler:
         if q:
             self._m -= q * up
             self._n_in -= q * down
+        self._out_total += y.shape[0]
         return y.astype(out_dtype, copy=False)

@@ -1,24 +1,25 @@
 """The one audio file loader of the project: a small RIFF/WAVE reader and writer.
 
-``read_wav`` walks the RIFF chunks itself (no ``wave``, no scipy), decodes 8-bit unsigned,
-16/24/32-bit signed PCM and 32/64-bit float (plain or WAVE_FORMAT_EXTENSIBLE) with vectorised
-numpy and returns float32 samples in [-1, 1]. Every problem a user can cause raises
+:class:`WavFile` walks the RIFF chunk headers itself (no ``wave``, no scipy), decodes 8-bit
+unsigned, 16/24/32-bit signed PCM and 32/64-bit float (plain or WAVE_FORMAT_EXTENSIBLE) with
+vectorised numpy and returns float32 samples in [-1, 1], for any range of frames: replay streams a
+file block by block; ``read_wav`` / ``load_audio`` read whole clips. Every problem a user can cause raises
 :class:`~edge_monitor.core.errors.AudioError` with one line: the file, what is wrong, what to do.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import secrets
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import BinaryIO, Union
 
 import numpy as np
 
 from edge_monitor.core.errors import AudioError, UserError
+from edge_monitor.core.resample import StreamResampler
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -43,6 +44,8 @@ _TAG_NAMES = {
 }
 _CONVERT = "convert it to PCM, e.g. `ffmpeg -i in.wav -c:a pcm_s16le out.wav`"
 _RECOPY = "re-copy or re-export the file"
+MIN_RATE, MAX_RATE = 1_000, 768_000  # a header outside this is damaged (it would ask for absurd allocations)
+MAX_FMT_BYTES = 1024
 
 
 @dataclass(frozen=True)
@@ -96,15 +99,16 @@ def _parse_fmt(path: PathLike, body: bytes) -> tuple[int, int, int, str]:
     return channels, rate, block_align, encoding
 
 
-def _find_chunks(path: PathLike, raw: bytes) -> tuple[bytes, int, int]:
-    """Walk the RIFF chunks; return (fmt body, data offset, data size)."""
+def _find_chunks(path: PathLike, handle: BinaryIO, file_size: int) -> tuple[bytes, int, int]:
+    """Walk the RIFF chunks by their headers (seeking past bodies); return (fmt body, data offset, data size)."""
     fmt: bytes | None = None
     data: tuple[int, int] | None = None
     pos = 12
-    while pos + 8 <= len(raw) and (fmt is None or data is None):
-        cid, size = struct.unpack_from("<4sI", raw, pos)
+    while pos + 8 <= file_size and (fmt is None or data is None):
+        handle.seek(pos)
+        cid, size = struct.unpack("<4sI", handle.read(8))
         pos += 8
-        have = len(raw) - pos
+        have = file_size - pos
         if cid == b"data" and data is None:
             if size > have:
                 raise _fail(path, f"truncated: header declares {size} bytes of audio "
@@ -114,7 +118,9 @@ def _find_chunks(path: PathLike, raw: bytes) -> tuple[bytes, int, int]:
             raise _fail(path, f"truncated: {cid.decode('latin-1')!r} chunk declares {size} bytes "
                               f"but the file holds {have}", _RECOPY)
         elif cid == b"fmt " and fmt is None:
-            fmt = raw[pos:pos + size]
+            if size > MAX_FMT_BYTES:
+                raise _fail(path, f"fmt chunk declares {size} bytes (a fmt chunk is 16-40)", _RECOPY)
+            fmt = handle.read(size)
         pos += size + (size & 1)  # odd-sized chunks are followed by a pad byte
     if fmt is None:
         raise _fail(path, "no 'fmt ' chunk (the WAV header is missing or damaged)", _RECOPY)
@@ -140,66 +146,134 @@ def _decode(raw: bytes, offset: int, count: int, encoding: str) -> np.ndarray:
     return out
 
 
-def read_wav(path: PathLike) -> tuple[np.ndarray, WavInfo]:
-    """Decode a RIFF/WAVE file to float32 samples of shape (frames, channels) in [-1, 1].
+class WavFile:
+    """An open WAV file: the header parsed and checked, samples read by frame range.
 
+    Replay streams a file through it block by block, so a day-long recording replays in flat memory;
+    ``read_wav`` and ``load_audio`` read whole clips through it. Use as a context manager or ``close()``.
     Raises AudioError (one line naming the file) for anything unreadable or unsupported.
     """
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise _fail(path, "file not found", "check the path") from None
-    except IsADirectoryError:
-        raise _fail(path, "is a folder, not a WAV file", "pass a .wav file") from None
-    except OSError as exc:
-        raise _fail(path, f"cannot read file ({exc.strerror or exc})", "check permissions and the disk") from None
-    if not raw:
-        raise _fail(path, "empty file (0 bytes)", _RECOPY)
-    magic = raw[:4]
-    if magic == b"RIFX":
-        raise _fail(path, "big-endian RIFX WAV is not supported", _CONVERT)
-    if magic in (b"RF64", b"BW64"):
-        raise _fail(path, f"{magic.decode()} WAV (> 4 GB format) is not supported", "split it or " + _CONVERT)
-    if magic != b"RIFF":
-        raise _fail(path, "not a WAV file (no RIFF header)", "pass a RIFF/WAVE .wav file")
-    if len(raw) < 12:
-        raise _fail(path, f"truncated: the file holds only {len(raw)} bytes of header", _RECOPY)
-    if raw[8:12] != b"WAVE":
-        form = raw[8:12].decode("latin-1")
-        raise _fail(path, f"not a WAV file (RIFF form type {form!r}, expected 'WAVE')", "pass a .wav file")
 
-    fmt, offset, size = _find_chunks(path, raw)
-    channels, rate, block_align, encoding = _parse_fmt(path, fmt)
-    if size % block_align:
-        raise _fail(path, f"truncated: data chunk holds {size} bytes, not a whole number of "
-                          f"{block_align}-byte frames", _RECOPY)
-    frames = size // block_align
-    if frames == 0:
-        raise _fail(path, "no audio samples (the data chunk is empty)", "record or export a file with audio")
+    def __init__(self, path: PathLike):
+        self.path = path
+        try:
+            self._handle: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed by close()
+        except FileNotFoundError:
+            raise _fail(path, "file not found", "check the path") from None
+        except IsADirectoryError:
+            raise _fail(path, "is a folder, not a WAV file", "pass a .wav file") from None
+        except OSError as exc:
+            raise _fail(path, f"cannot read file ({exc.strerror or exc})", "check permissions and the disk") from None
+        try:
+            self.info, self._offset, self._block_align = self._parse()
+        except BaseException:
+            self._handle.close()
+            raise
 
-    samples = _decode(raw, offset, frames * channels, encoding)
-    bad = np.empty(0, np.intp) if _CODECS[encoding][0] == _PCM else np.flatnonzero(~np.isfinite(samples))
-    if bad.size:  # only float files can hold NaN or inf
-        frame, ch = divmod(int(bad[0]), channels)
-        kind = "NaN" if np.isnan(samples[bad[0]]) else "inf"
-        raise _fail(path, f"{kind} sample at {frame / rate:.3f} s (frame {frame}, channel {ch}, "
-                          f"{bad.size} non-finite in total)", "the file is corrupt: re-record or re-export it")
-    return samples.reshape(frames, channels), WavInfo(rate, channels, frames, encoding)
+    def _parse(self) -> tuple[WavInfo, int, int]:
+        path, handle = self.path, self._handle
+        try:
+            file_size = os.fstat(handle.fileno()).st_size
+            head = handle.read(12)
+        except OSError as exc:
+            raise _fail(path, f"cannot read file ({exc.strerror or exc})", "check permissions and the disk") from None
+        if not head:
+            raise _fail(path, "empty file (0 bytes)", _RECOPY)
+        magic = head[:4]
+        if magic == b"RIFX":
+            raise _fail(path, "big-endian RIFX WAV is not supported", _CONVERT)
+        if magic in (b"RF64", b"BW64"):
+            raise _fail(path, f"{magic.decode()} WAV (> 4 GB format) is not supported", "split it or " + _CONVERT)
+        if magic != b"RIFF":
+            raise _fail(path, "not a WAV file (no RIFF header)", "pass a RIFF/WAVE .wav file")
+        if len(head) < 12:
+            raise _fail(path, f"truncated: the file holds only {len(head)} bytes of header", _RECOPY)
+        if head[8:12] != b"WAVE":
+            form = head[8:12].decode("latin-1")
+            raise _fail(path, f"not a WAV file (RIFF form type {form!r}, expected 'WAVE')", "pass a .wav file")
+        try:
+            fmt, offset, size = _find_chunks(path, handle, file_size)
+        except OSError as exc:
+            raise _fail(path, f"cannot read file ({exc.strerror or exc})", "check permissions and the disk") from None
+        channels, rate, block_align, encoding = _parse_fmt(path, fmt)
+        if not MIN_RATE <= rate <= MAX_RATE:
+            raise _fail(path, f"sample rate {rate} Hz is outside {MIN_RATE}-{MAX_RATE} Hz (the header is damaged "
+                              "or the file is not audio)", _RECOPY)
+        if size % block_align:
+            raise _fail(path, f"truncated: data chunk holds {size} bytes, not a whole number of "
+                              f"{block_align}-byte frames", _RECOPY)
+        frames = size // block_align
+        if frames == 0:
+            raise _fail(path, "no audio samples (the data chunk is empty)", "record or export a file with audio")
+        return WavInfo(rate, channels, frames, encoding), offset, block_align
+
+    def read(self, start: int = 0, count: int | None = None) -> np.ndarray:
+        """Frames ``start`` .. ``start + count`` (clipped to the file) as float32 of shape (frames, channels)."""
+        info = self.info
+        start = max(0, min(int(start), info.frames))
+        count = info.frames - start if count is None else max(0, min(int(count), info.frames - start))
+        try:
+            self._handle.seek(self._offset + start * self._block_align)
+            raw = self._handle.read(count * self._block_align)
+        except OSError as exc:
+            raise _fail(self.path, f"cannot read file ({exc.strerror or exc})", "check permissions and the disk") from None
+        if len(raw) < count * self._block_align:  # the file shrank while we read it
+            raise _fail(self.path, f"truncated while reading at frame {start + len(raw) // self._block_align}", _RECOPY)
+        samples = _decode(raw, 0, count * info.channels, info.encoding)
+        if _CODECS[info.encoding][0] != _PCM:  # only float files can hold NaN or inf
+            bad = np.flatnonzero(~np.isfinite(samples))
+            if bad.size:
+                frame, ch = divmod(int(bad[0]), info.channels)
+                frame += start
+                kind = "NaN" if np.isnan(samples[bad[0]]) else "inf"
+                raise _fail(self.path, f"{kind} sample at {frame / info.sample_rate:.3f} s (frame {frame}, channel "
+                                       f"{ch}, {bad.size} non-finite in this stretch)",
+                            "the file is corrupt: re-record or re-export it")
+        return samples.reshape(count, info.channels)
+
+    def channel(self, samples: np.ndarray, channel: int | str) -> np.ndarray:
+        """One channel (index, or "mix" = mean of all channels) of ``read``'s frames, 1-D float32."""
+        if channel == "mix":
+            return samples.mean(axis=1, dtype=np.float32)
+        if isinstance(channel, (int, np.integer)) and not isinstance(channel, bool):
+            if not 0 <= channel < self.info.channels:
+                raise _fail(self.path, f"channel {channel} does not exist: the file has {self.info.channels} "
+                                       "channel(s)", f"use a channel from 0 to {self.info.channels - 1} or 'mix'")
+            return np.ascontiguousarray(samples[:, channel])
+        raise _fail(self.path, f"invalid channel {channel!r}", "use a channel index (0, 1, ...) or 'mix'")
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> WavFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_wav(path: PathLike) -> tuple[np.ndarray, WavInfo]:
+    """Decode a whole RIFF/WAVE file to float32 samples of shape (frames, channels) in [-1, 1]."""
+    with WavFile(path) as wav:
+        return wav.read(), wav.info
 
 
 def resample(x: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
-    """Polyphase-resample ``x`` along axis 0 from ``from_rate`` to ``to_rate`` Hz; float32 out."""
+    """Resample a whole signal (along axis 0) with the project's one resampler; float32 out.
+
+    The same samples as streaming the signal through :class:`~edge_monitor.core.resample.StreamResampler`
+    block by block and flushing it (which is what replay and the daemon do), and equal to
+    ``scipy.signal.resample_poly`` to float32 rounding.
+    """
     if from_rate <= 0 or to_rate <= 0:
         raise ValueError(f"sample rates must be positive, got {from_rate} -> {to_rate}")
     x = np.asarray(x, dtype=np.float32)
     if from_rate == to_rate:
         return x
-    from scipy.signal import (
-        resample_poly,  # imported on first use: scipy.signal costs 0.6 s at start-up
-    )
-
-    g = math.gcd(from_rate, to_rate)
-    return resample_poly(x, to_rate // g, from_rate // g, axis=0).astype(np.float32, copy=False)
+    if x.ndim == 2:
+        return np.stack([resample(x[:, c], from_rate, to_rate) for c in range(x.shape[1])], axis=1)
+    resampler = StreamResampler(from_rate, to_rate)
+    return np.concatenate((resampler.process(x), resampler.flush())).astype(np.float32, copy=False)
 
 
 def parse_channel(text: str | int) -> int | str:
@@ -220,17 +294,10 @@ def parse_channel(text: str | int) -> int | str:
 def load_audio(path: PathLike, sample_rate: int, channel: int | str = 0) -> np.ndarray:
     """Read a WAV file, pick ``channel`` (index, or "mix" = mean of all channels) and resample
     to ``sample_rate``; return a 1-D contiguous float32 array."""
-    samples, info = read_wav(path)
-    if channel == "mix":
-        mono = samples.mean(axis=1, dtype=np.float32)
-    elif isinstance(channel, (int, np.integer)) and not isinstance(channel, bool):
-        if not 0 <= channel < info.channels:
-            raise _fail(path, f"channel {channel} does not exist: the file has {info.channels} channel(s)",
-                        f"use a channel from 0 to {info.channels - 1} or 'mix'")
-        mono = samples[:, channel]
-    else:
-        raise _fail(path, f"invalid channel {channel!r}", "use a channel index (0, 1, ...) or 'mix'")
-    return np.ascontiguousarray(resample(mono, info.sample_rate, sample_rate), dtype=np.float32)
+    with WavFile(path) as wav:
+        mono = wav.channel(wav.read(), channel)
+        rate = wav.info.sample_rate
+    return np.ascontiguousarray(resample(mono, rate, sample_rate), dtype=np.float32)
 
 
 def _encode(x: np.ndarray, encoding: str) -> bytes:
