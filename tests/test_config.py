@@ -13,7 +13,6 @@ import pytest
 import yaml
 
 from edge_monitor.core.errors import UserError
-from edge_monitor.node import config
 from edge_monitor.node.config import ConfigError, load, parse
 from edge_monitor.node.settings import (
     AudioSettings,
@@ -109,9 +108,40 @@ def test_example_config_shows_every_key():
     assert raw["mqtt"]["enabled"] is False and raw["mqtt"]["tls"] is None
 
 
-def test_every_settings_field_has_a_check():
-    for cls, schema in config._SCHEMA.items():
-        assert set(schema) == {f.name for f in dataclasses.fields(cls)} - {"source"}, cls.__name__
+SETTINGS_CLASSES = (Settings, AudioSettings, MonitorSettings, DecisionSettings, HealthSettings, MqttSettings,
+                    OutboxSettings, TlsSettings, LoggingSettings)
+
+
+def test_every_settings_field_has_a_check_on_the_type():
+    """One bound per field, on the settings type: every config key has a check (or is a section/list)."""
+    for cls in SETTINGS_CLASSES:
+        for f in dataclasses.fields(cls):
+            if f.name == "source":
+                continue
+            meta = f.metadata
+            assert meta.get("check") or meta.get("section") or meta.get("items"), f"{cls.__name__}.{f.name}"
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: DecisionSettings(k_of_n=(5, 3)), "DecisionSettings.k_of_n: expected [k, n] with 1 ≤ k ≤ n, got [5, 3]"),
+    (lambda: DecisionSettings(window_seconds=1e6), "DecisionSettings.window_seconds: expected a number in (0, 60.0]"),
+    (lambda: OutboxSettings(max_messages=0), "OutboxSettings.max_messages: expected an integer in 1..10000000, got 0"),
+    (lambda: AudioSettings(ring_seconds=100000), "AudioSettings.ring_seconds: expected a number in [1, 120.0]"),
+    (lambda: MonitorSettings(name="m", model="x", threshold=1e9), "MonitorSettings.threshold: expected null or a"),
+])
+def test_settings_built_in_code_are_checked_by_the_same_bound(build, message):
+    with pytest.raises(UserError) as err:
+        build()
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_the_config_and_the_code_share_the_bound(tmp_path):
+    """The outbox bound that used to drift (≥ 1 in the outbox, ≥ 100 in the config) is one bound now."""
+    path = write(tmp_path, {**MINIMAL, "mqtt": {"outbox": {"max_messages": 0}}})
+    with pytest.raises(ConfigError) as err:
+        load(path)
+    assert str(err.value).endswith("mqtt.outbox.max_messages: expected an integer in 1..10000000, got 0")
+    assert load(write(tmp_path, {**MINIMAL, "mqtt": {"outbox": {"max_messages": 1}}})).mqtt.outbox.max_messages == 1
 
 
 # ---------------------------------------------------------------- good files
@@ -170,29 +200,33 @@ def test_values_are_converted(tmp_path):
     assert load(write(tmp_path, patched({"mqtt.protocol": "3.1.1"}))).mqtt.protocol == "3.1.1"
 
 
-def test_yaml_anchors_and_merge_keys_work(tmp_path):
-    text = """\
-node: node-1
-monitors:
-  - name: fan-1
-    model: m1
-    decision: &shared {k_of_n: [2, 3], cooldown_seconds: 1}
-  - name: fan-2
-    model: m2
-    decision:
-      <<: *shared
-      cooldown_seconds: 9   # overriding a merged key is not a duplicate key
-"""
-    a, b = load(write(tmp_path, text)).monitors
-    assert a.decision == DecisionSettings(k_of_n=(2, 3), cooldown_seconds=1.0)
-    assert b.decision == DecisionSettings(k_of_n=(2, 3), cooldown_seconds=9.0)
+@pytest.mark.parametrize("text, phrase", [
+    ("node: n\nmonitors:\n  - name: a\n    model: m\n    decision: &shared {k_of_n: [2, 3]}\n",
+     "anchors (&name) are not allowed"),
+    # a "billion laughs": nine levels of nine aliases each would expand to 10^9 strings
+    ("a: &a [x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
+     "node: n\nmonitors: [{name: a, model: m}]\n", "anchors (&name) are not allowed"),
+    ("node: n\nmonitors:\n  - name: a\n    model: m\n    decision:\n      <<: *shared\n",
+     "aliases (*name) are not allowed"),
+])
+def test_yaml_anchors_and_aliases_are_refused(tmp_path, text, phrase):
+    """A node config never needs them, and aliases of aliases expand without bound (issue 15)."""
+    with pytest.raises(ConfigError) as err:
+        load(write(tmp_path, text))
+    assert phrase in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "/dev/urandom"])
+def test_an_endless_file_as_the_config_is_refused_at_once(special):
+    with pytest.raises(ConfigError, match=r"larger than 1 MiB; this is not a node config$"):
+        load(special)
 
 
 def test_parse_takes_an_already_loaded_document(tmp_path):
     settings = parse(copy.deepcopy(MINIMAL), base_dir=tmp_path, source="inline")
     assert settings.source == "inline"
     assert settings.monitors[0].model == str(tmp_path / "models" / "fan")
-    with pytest.raises(ConfigError, match=r"^inline: monitors\[0\]\.channel: expected an integer ≥ 0, got -1$"):
+    with pytest.raises(ConfigError, match=r"^inline: monitors\[0\]\.channel: expected a channel index in 0\.\.255 .*, got -1$"):
         parse(patched({"monitors[0].channel": -1}), base_dir=tmp_path, source="inline")
 
 
@@ -221,20 +255,23 @@ BAD = [
     ({"monitors[0]": "fan-1"}, "monitors[0]", 'expected a mapping of keys, got "fan-1"'),
     ({"monitors[0].name": DELETE}, "monitors[0].name", "required key is missing"),
     ({"monitors[0].model": DELETE}, "monitors[0].model", "required key is missing"),
-    ({"monitors[0].model": ""}, "monitors[0].model", 'expected a path, got ""'),
+    ({"monitors[0].model": ""}, "monitors[0].model", 'expected a path (at most 4096 characters), got ""'),
     ({"monitors[0].name": "fan#1"}, "monitors[0].name", 'got "fan#1"'),
     ({"monitors[0].name": "fan+"}, "monitors[0].name", 'got "fan+"'),
     ({"monitors[1]": {"name": "fan-1", "model": "m"}}, "monitors[1].name", 'duplicate monitor name'),
-    ({"monitors[0].channel": -1}, "monitors[0].channel", "expected an integer ≥ 0, got -1"),
+    ({"monitors[0].channel": -1}, "monitors[0].channel", "expected a channel index in 0..255 (or 'mix' when replaying files), got -1"),
+    ({"monitors[0].channel": 256}, "monitors[0].channel", "got 256"),
     ({"monitors[0].channel": 1.5}, "monitors[0].channel", "got 1.5"),
     ({"monitors[0].channel": True}, "monitors[0].channel", "got true"),
     ({"monitors[0].device": -1}, "monitors[0].device", "got -1"),
     ({"monitors[0].device": " "}, "monitors[0].device", 'got " "'),
-    ({"monitors[0].threshold": 0}, "monitors[0].threshold", "expected null or a number > 0, got 0"),
+    ({"monitors[0].threshold": 0}, "monitors[0].threshold", "expected null or a number in (0, 1000.0], got 0"),
+    ({"monitors[0].threshold": 1.0e9}, "monitors[0].threshold", "got 1000000000.0"),
     ({"monitors[0].threshold": "high"}, "monitors[0].threshold", 'got "high"'),
     ({"monitors[0].threshold": float("nan")}, "monitors[0].threshold", "got NaN"),
     ({"monitors[0].decision": [1]}, "monitors[0].decision", "expected a mapping of keys, got [1]"),
-    ({"monitors[0].decision.window_seconds": 0}, "monitors[0].decision.window_seconds", "> 0, got 0"),
+    ({"monitors[0].decision.window_seconds": 0}, "monitors[0].decision.window_seconds", "in (0, 60.0], got 0"),
+    ({"monitors[0].decision.window_seconds": 1.0e6}, "monitors[0].decision.window_seconds", "in (0, 60.0], got 1000000.0"),
     ({"monitors[0].decision.step_seconds": 2}, "monitors[0].decision.step_seconds",
      "expected ≤ window_seconds (1.0), got 2.0"),
     ({"monitors[0].decision.step_seconds": -0.1}, "monitors[0].decision.step_seconds", "got -0.1"),
@@ -244,7 +281,7 @@ BAD = [
     ({"monitors[0].decision.k_of_n": [3, 200]}, "monitors[0].decision.k_of_n", "n ≤ 100, got [3, 200]"),
     ({"monitors[0].decision.hysteresis": 0}, "monitors[0].decision.hysteresis", "in (0, 1], got 0"),
     ({"monitors[0].decision.hysteresis": 1.2}, "monitors[0].decision.hysteresis", "got 1.2"),
-    ({"monitors[0].decision.min_duration_seconds": -1}, "monitors[0].decision.min_duration_seconds", "≥ 0, got -1"),
+    ({"monitors[0].decision.min_duration_seconds": -1}, "monitors[0].decision.min_duration_seconds", "in [0, 3600], got -1"),
     ({"monitors[0].decision.cooldown_seconds": "5"}, "monitors[0].decision.cooldown_seconds",
      'not a string (no quotes; and YAML wants 1.0e3, not 1e3), got "5"'),
     ({"monitors[0].threshold": "1e3"}, "monitors[0].threshold", 'got "1e3"'),
@@ -262,7 +299,9 @@ BAD = [
     ({"audio.sample_rate": 4000}, "audio.sample_rate", "expected null or an integer in 8000..192000, got 4000"),
     ({"audio.sample_rate": 16000.0}, "audio.sample_rate", "got 16000.0"),
     ({"audio.block_seconds": 2}, "audio.block_seconds", "in (0, 1], got 2"),
-    ({"audio.ring_seconds": 0.5}, "audio.ring_seconds", "≥ 1, got 0.5"),
+    ({"audio.ring_seconds": 0.5}, "audio.ring_seconds", "in [1, 120.0], got 0.5"),
+    ({"audio.ring_seconds": 100000}, "audio.ring_seconds", "in [1, 120.0], got 100000"),
+    ({"audio.ring_seconds": 1.0e300}, "audio.ring_seconds", "got 1e+300"),
     ({"audio.block_seconds": 0.5, "audio.ring_seconds": 1}, "audio.ring_seconds", "≥ 4 × block_seconds (2)"),
     ({"mqtt.enabled": "yes"}, "mqtt.enabled", 'expected true or false, got "yes"'),
     ({"mqtt.enabled": 1}, "mqtt.enabled", "got 1"),
@@ -287,9 +326,9 @@ BAD = [
     ({"mqtt.password_env": "MQTT PW"}, "mqtt.password_env", 'got "MQTT PW"'),
     ({"mqtt.tls": "on"}, "mqtt.tls", 'expected a mapping of keys, got "on"'),
     ({"mqtt.tls.insecure": "true"}, "mqtt.tls.insecure", 'got "true"'),
-    ({"mqtt.tls.ca_file": 5}, "mqtt.tls.ca_file", "expected null or a path, got 5"),
-    ({"mqtt.outbox.path": None}, "mqtt.outbox.path", "expected a path, got null"),
-    ({"mqtt.outbox.max_messages": 10}, "mqtt.outbox.max_messages", "expected an integer ≥ 100, got 10"),
+    ({"mqtt.tls.ca_file": 5}, "mqtt.tls.ca_file", "expected null or a path (at most 4096 characters), got 5"),
+    ({"mqtt.outbox.path": None}, "mqtt.outbox.path", "expected a path (at most 4096 characters), got null"),
+    ({"mqtt.outbox.max_messages": 0}, "mqtt.outbox.max_messages", "expected an integer in 1..10000000, got 0"),
     ({"events_jsonl": 5}, "events_jsonl", "got 5"),
     ({"logging.level": "verbose"}, "logging.level",
      'expected one of debug, info, warning, error, got "verbose"'),

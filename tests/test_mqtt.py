@@ -567,7 +567,8 @@ def test_parse_url():
     assert (s.enabled, s.host, s.port, s.username, s.tls) == (True, "broker.plant", 8884, "plc", TlsSettings())
     s = parse_url("mqtt://broker", MqttSettings(prefix="p", tls=TlsSettings(ca_file="ca"), username="u"))
     assert (s.host, s.port, s.tls, s.prefix, s.username) == ("broker", 1883, None, "p", "u")
-    assert parse_url("mqtts://h", MqttSettings(tls=TlsSettings(ca_file="ca"))).tls.ca_file == "ca"
+    # settings built in code check their paths like the config does: relative to the working folder
+    assert parse_url("mqtts://h", MqttSettings(tls=TlsSettings(ca_file="ca"))).tls.ca_file == os.path.abspath("ca")
     assert parse_url("mqtts://h").port == 8883
     for bad, message in (("http://h", "scheme"), ("mqtt://u:pw@h", "password"), ("mqtt://h:99999", "out of range"),
                          ("mqtt://h/x", "only mqtt")):

@@ -12,6 +12,7 @@ from pathlib import Path
 from edge_monitor.core.detector import decision_threshold
 from edge_monitor.core.errors import UserError
 from edge_monitor.node.bundles import open_bundles
+from edge_monitor.node.sinks import NodeSink
 from edge_monitor.node.config import load
 
 DEFAULT_CONFIGS = (Path("/etc/edge-monitor/config.yaml"), Path("config.yaml"))
@@ -51,6 +52,11 @@ def run(args: argparse.Namespace) -> int:
               f"{d.hysteresis:g}x, min {d.min_duration_seconds:g} s, cooldown {d.cooldown_seconds:g} s")
     mq = settings.mqtt
     if mq.enabled:
+        from edge_monitor.node.mqtt.connection import read_password, ssl_context
+
+        read_password(mq)  # what run reads at start: a missing, huge or unreadable password file fails here
+        if mq.tls is not None:
+            ssl_context(mq.tls)
         tls = "TLS" if mq.tls is not None else "no TLS"
         print(f"mqtt: {mq.host}:{mq.port} MQTT {mq.protocol}, {tls}, topics {mq.prefix}/{settings.node}/…, "
               f"outbox {mq.outbox.path} (max {mq.outbox.max_messages} messages)")
@@ -62,5 +68,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("mqtt: disabled (events go to the log and events_jsonl only)")
     if settings.events_jsonl:
+        NodeSink(jsonl=settings.events_jsonl).close()  # what run opens: a folder or an unwritable path fails here
         print(f"events also appended to {settings.events_jsonl}")
     return 0

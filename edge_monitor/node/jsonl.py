@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from edge_monitor.core.errors import UserError
 from edge_monitor.core.events import Event
 
 
@@ -12,7 +13,11 @@ class JsonlWriter:
 
     def __init__(self, path: str):
         self.path = path
-        self._file = sys.stdout if path == "-" else open(path, "a", encoding="utf-8")  # noqa: SIM115
+        try:
+            self._file = sys.stdout if path == "-" else open(path, "a", encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:
+            raise UserError(f"events file {path}: cannot open it for appending ({exc.strerror or exc}); "
+                            "give a file in a writable folder") from None
 
     def write(self, event: Event) -> None:
         self._file.write(event.to_json() + "\n")

@@ -1,72 +1,124 @@
-"""Typed, frozen settings of a node (a monitor's own settings are in ``edge_monitor.core.settings``). ``config.py`` builds them from ``config.yaml``; code takes them as values.
+"""Typed, frozen settings of a node (a monitor's own settings are in ``edge_monitor.core.settings``).
 
-Every default here is the default a plant engineer gets when the key is left out of ``config.yaml``.
-Durations are in seconds, levels in dB.
+``config.py`` builds them from ``config.yaml``; code takes them as values. Every default here is the
+default a plant engineer gets when the key is left out of ``config.yaml``, and every field carries its
+one bound (``core/checks.py``), checked whether the settings come from a file or are built in code:
+what ``check`` accepts, ``run`` can start. Durations are in seconds.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from edge_monitor.core.checks import (
+    FRACTION,
+    At,
+    Validated,
+    boolean,
+    choice,
+    device,
+    name,
+    number,
+    path,
+    positive,
+    setting,
+    show,
+    text,
+)
 from edge_monitor.core.settings import DecisionSettings, HealthSettings, MonitorSettings  # noqa: F401 (re-exported)
 
-
-@dataclass(frozen=True)
-class AudioSettings:
-    device: str | int | None = None      # name substring or index; None = the system's default input
-    sample_rate: int | None = None       # capture rate; None = the model's rate (resampled if unsupported)
-    block_seconds: float = 0.064         # audio callback block
-    ring_seconds: float = 10.0           # ring buffer per monitor; older samples are dropped and counted
+MAX_RING_SECONDS = 120.0   # a ring per monitor, float32 at up to 48 kHz: 23 MB at this bound
 
 
-@dataclass(frozen=True)
-class TlsSettings:
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    insecure: bool = False               # skip host name check (test brokers only)
+def _protocol(value: object, at: At) -> object:
+    if value == "5" or (type(value) is int and value == 5):
+        return "5"
+    if value == "3.1.1":
+        return "3.1.1"
+    raise at.bad('5 or "3.1.1"', value)
 
 
 @dataclass(frozen=True)
-class OutboxSettings:
-    path: str = "/var/lib/edge-monitor/outbox.sqlite"
-    max_messages: int = 100_000          # when full: oldest telemetry first, events last; every loss counted
+class AudioSettings(Validated):
+    device: str | int | None = setting(None, device)   # name substring or index; None = the system's default input
+    sample_rate: int | None = setting(None, number(8000, 192000, integer=True, null=True))  # None = the model's rate
+    block_seconds: float = setting(0.064, FRACTION)     # audio callback block
+    ring_seconds: float = setting(10.0, number(1, MAX_RING_SECONDS))  # ring per monitor; older samples dropped, counted
+
+    def _check_fields(self, at: At) -> None:
+        if self.ring_seconds < 4 * self.block_seconds:
+            raise at.key("ring_seconds").bad(f"≥ 4 × block_seconds ({4 * self.block_seconds:g})", self.ring_seconds)
 
 
 @dataclass(frozen=True)
-class MqttSettings:
-    enabled: bool = False
-    host: str = "localhost"
-    port: int = 1883
-    prefix: str = "edge-monitor"
-    client_id: str | None = None         # None → "edge-monitor-<node>"
-    protocol: str = "5"                  # "5" or "3.1.1"
-    keepalive: int = 30
-    tls: TlsSettings | None = None
-    username: str | None = None
-    password_file: str | None = None     # the password never lives in config.yaml
-    password_env: str | None = None
-    telemetry_seconds: float = 10.0
-    reconnect_min_seconds: float = 1.0
-    reconnect_max_seconds: float = 60.0
-    outbox: OutboxSettings = field(default_factory=OutboxSettings)
+class TlsSettings(Validated):
+    ca_file: str | None = setting(None, path(null=True))
+    cert_file: str | None = setting(None, path(null=True))
+    key_file: str | None = setting(None, path(null=True))
+    insecure: bool = setting(False, boolean)            # skip host name check (test brokers only)
 
 
 @dataclass(frozen=True)
-class LoggingSettings:
-    level: str = "info"                  # debug | info | warning | error
-    format: str = "auto"                 # auto (JSON under systemd) | console | json
+class OutboxSettings(Validated):
+    path: str = setting("/var/lib/edge-monitor/outbox.sqlite", path())
+    # when full: oldest telemetry first, events last; every loss counted
+    max_messages: int = setting(100_000, number(1, 10_000_000, integer=True))
 
 
 @dataclass(frozen=True)
-class Settings:
-    node: str
-    monitors: tuple[MonitorSettings, ...]
-    audio: AudioSettings = field(default_factory=AudioSettings)
-    mqtt: MqttSettings = field(default_factory=MqttSettings)
-    events_jsonl: str | None = None      # also append every event to this file as JSON lines
-    logging: LoggingSettings = field(default_factory=LoggingSettings)
-    source: str | None = None            # the file these settings were read from
+class MqttSettings(Validated):
+    enabled: bool = setting(False, boolean)
+    host: str = setting("localhost", text(r"\S+", "a host name or address", max_length=253))
+    port: int = setting(1883, number(1, 65535, integer=True))
+    prefix: str = setting("edge-monitor", text(r"[^/+#\x00]([^+#\x00]*[^/+#\x00])?",
+                                               "a non-empty topic prefix without '+', '#' or a leading or "
+                                               "trailing '/'", max_length=200))
+    client_id: str | None = setting(None, text(r"\S+", "a client id without spaces", null=True, max_length=200))
+    protocol: str = setting("5", _protocol)             # "5" or "3.1.1"
+    keepalive: int = setting(30, number(5, 3600, integer=True))
+    tls: TlsSettings | None = setting(None, section=TlsSettings, null=True)  # null: no TLS
+    username: str | None = setting(None, text(r".+", "a user name", null=True, max_length=256))
+    password_file: str | None = setting(None, path(null=True))  # the password never lives in config.yaml
+    password_env: str | None = setting(None, text(r"[A-Za-z_][A-Za-z0-9_]*", "an environment variable name",
+                                                  null=True, max_length=256))
+    telemetry_seconds: float = setting(10.0, positive(86400))
+    reconnect_min_seconds: float = setting(1.0, positive(3600))
+    reconnect_max_seconds: float = setting(60.0, positive(86400))
+    outbox: OutboxSettings = setting(factory=OutboxSettings, section=OutboxSettings)
+
+    def _check_fields(self, at: At) -> None:
+        if self.reconnect_min_seconds > self.reconnect_max_seconds:
+            raise at.key("reconnect_min_seconds").bad(
+                f"≤ reconnect_max_seconds ({show(self.reconnect_max_seconds)})", self.reconnect_min_seconds)
+        if self.password_file is not None and self.password_env is not None:
+            raise at.key("password_env").fail("password_file is set too; keep one of the two", self.password_env)
+
+
+@dataclass(frozen=True)
+class LoggingSettings(Validated):
+    level: str = setting("info", choice("debug", "info", "warning", "error"))
+    format: str = setting("auto", choice("auto", "console", "json"))  # auto: JSON under systemd
+
+
+@dataclass(frozen=True)
+class Settings(Validated):
+    node: str = setting(check=name)
+    monitors: tuple[MonitorSettings, ...] = setting(items=MonitorSettings)
+    audio: AudioSettings = setting(factory=AudioSettings, section=AudioSettings)
+    mqtt: MqttSettings = setting(factory=MqttSettings, section=MqttSettings)
+    events_jsonl: str | None = setting(None, path(null=True))  # also append every event to this file as JSON lines
+    logging: LoggingSettings = setting(factory=LoggingSettings, section=LoggingSettings)
+    source: str | None = None            # the file these settings were read from (not a config key)
+
+    def _check_fields(self, at: At) -> None:
+        if not self.monitors:
+            raise at.key("monitors").bad("a non-empty list of monitors", [])
+        first: dict[str, int] = {}
+        for i, monitor in enumerate(self.monitors):
+            if monitor.name in first:
+                raise at.key("monitors").item(i).key("name").fail(
+                    f"duplicate monitor name (monitors[{first[monitor.name]}] has it)", monitor.name)
+            first[monitor.name] = i
 
     def monitor(self, name: str) -> MonitorSettings:
         for m in self.monitors:

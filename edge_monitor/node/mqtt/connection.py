@@ -13,7 +13,6 @@ import socket
 import ssl
 import urllib.parse
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -25,15 +24,22 @@ from edge_monitor.core.errors import UserError
 from edge_monitor.node.settings import MqttSettings, TlsSettings
 
 SESSION_EXPIRY_SECONDS = 86_400   # MQTT 5: the broker keeps our session this long after the link drops
+MAX_PASSWORD_BYTES = 4096         # a password file is read with this cap (never /dev/zero into memory)
 
 
 def read_password(settings: MqttSettings) -> str | None:
     """The password from ``password_file`` (trailing newline stripped) or the variable ``password_env``."""
     if settings.password_file:
         try:
-            return Path(settings.password_file).read_text(encoding="utf-8").rstrip("\r\n")
+            with open(settings.password_file, "rb") as handle:
+                raw = handle.read(MAX_PASSWORD_BYTES + 1)
         except OSError as exc:
             raise UserError(f"mqtt.password_file {settings.password_file}: cannot read it ({exc.strerror})") from None
+        if len(raw) > MAX_PASSWORD_BYTES:
+            raise UserError(f"mqtt.password_file {settings.password_file}: longer than {MAX_PASSWORD_BYTES} bytes; "
+                            "it must hold only the password")
+        try:
+            return raw.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError:
             raise UserError(f"mqtt.password_file {settings.password_file}: not UTF-8 text") from None
     if settings.password_env:
