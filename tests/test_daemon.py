@@ -68,13 +68,14 @@ class Node:
                                       "--config", str(self.config)], env=env, stdout=self.log,
                                      stderr=subprocess.STDOUT)
 
-    def write_config(self, threshold: str = "null", extra: str = "", monitors: str | None = None) -> None:
+    def write_config(self, threshold: str = "null", extra: str = "", monitors: str | None = None,
+                     audio: str = "") -> None:
         monitors = monitors or f"  - name: fan-1\n    model: {BUNDLE}\n    threshold: {threshold}\n"
         self.config.write_text(f"""
 node: {NODE}
 audio:
   device: pulse
-monitors:
+{audio}monitors:
 {monitors}
 mqtt:
   enabled: true
@@ -295,10 +296,11 @@ def test_watchdog_pings_only_while_every_monitor_processes(tmp_path, monkeypatch
     daemon = Daemon(config, load(config))
     daemon.bundles = open_bundles(daemon.settings)
     daemon.groups = plan(daemon.settings, daemon.bundles)
+    monitors = daemon._build_monitors(daemon.settings, daemon.bundles, daemon.groups, {"a"})
     daemon._start_publisher()
     try:
         for key, group in daemon.groups.items():
-            daemon._start_group(key, group)
+            daemon._start_group(key, group, monitors)
         daemon._wait_for_audio()
         time.sleep(1.0)
         assert daemon.healthy()  # audio flows and is processed
@@ -319,5 +321,127 @@ def test_watchdog_pings_only_while_every_monitor_processes(tmp_path, monkeypatch
         assert daemon.healthy()  # audio is processed again
         runner.stop("shutdown")  # a dead processing thread
         assert not daemon.healthy()
+    finally:
+        daemon._shutdown("test")
+
+
+
+def started_lines(node: Node) -> list[dict]:
+    return [json.loads(line) for line in node.output().splitlines()
+            if line.startswith("{") and '"monitor started"' in line]
+
+
+def test_the_daemons_resampling_branch_a_48khz_device_and_a_16khz_model(tmp_path, clips):
+    """The audio server at its default rate (48 kHz), the daemon told to capture at 48 kHz: the one
+    streaming resampler of the loop brings the audio to the model's 16 kHz, and a fault is detected.
+    (Normal sound may alarm on this chain: the round trip cuts the top of the band — the capture-chain
+    finding — so the assertions are on the chain and on the fault, not on quiet during normal sound.)"""
+    pulse = PulseServer(tmp_path / "pulse", rate=48000, channels=1).start()
+    broker = Broker(tmp_path / "broker").start()
+    node = Node(tmp_path, pulse, broker, audio="  sample_rate: 48000\n")
+    try:
+        assert node.read_notify("READY=1", 30), node.output()
+        started = started_lines(node)
+        assert started and started[0]["capture_rate"] == 48000 and started[0]["model_rate"] == 16000, node.output()
+        node.pulse.play(clips[1])
+        assert node.sub.wait_for(lambda ms: any(m.topic.endswith("/event") and m.json()["type"] == "anomaly_start"
+                                                for m in ms), 20), node.output()
+        tele = [m.json() for m in node.sub.messages if m.topic.endswith("fan-1/telemetry")]
+        assert tele and max(t["decisions"] for t in tele) > 0
+    finally:
+        node.stop()
+        broker.stop()
+        pulse.kill()
+
+
+def test_a_reload_with_a_broken_bundle_is_rejected_and_the_old_set_keeps_running(node_factory, tmp_path):
+    """Defect 2 of the one-loop issue: a bundle whose decision threshold lost its value killed the daemon on
+    SIGHUP (the new Monitor was built after the old runners had stopped). Now everything new is built
+    first; the failure is one ``reload rejected`` line and the old monitor never stopped."""
+    import shutil
+
+    broken = tmp_path / "broken-bundle"
+    shutil.copytree(BUNDLE, broken)
+    manifest = json.loads((broken / "model.json").read_text())
+    del manifest["decision"]["thresholds"][0]["value"]
+    (broken / "model.json").write_text(json.dumps(manifest))
+    node = node_factory()
+    node.write_config(monitors=f"  - name: fan-1\n    model: {broken}\n")
+    node.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "reload rejected" not in node.output() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    rejected = [json.loads(line) for line in node.output().splitlines()
+                if line.startswith("{") and "reload rejected" in line]
+    assert rejected and "decision.thresholds[0].value" in rejected[0]["error"], node.output()
+    assert "\n" not in rejected[0]["error"] and "Traceback" not in node.output()
+    assert node.proc.poll() is None
+    assert len(started_lines(node)) == 1  # the old monitor was never stopped or restarted
+    after = time.perf_counter()
+    assert node.sub.wait_for(lambda ms: any(m.topic.endswith("fan-1/telemetry") and m.at > after for m in ms), 5)
+    assert node.read_notify("WATCHDOG=1", 5, after=len(node.messages))
+
+
+def test_a_reload_while_the_microphone_is_lost_keeps_the_sensor_fault(node_factory):
+    """Issue 15, item 5: a reload while the device is lost restarted the changed monitor without telling it;
+    its state went ``unknown`` and, 5 s later, the watchdog pings stopped (a restart loop under systemd).
+    The restarted monitor starts in the known state: sensor fault, and the pings go on."""
+    node = node_factory()
+    node.pulse.unload_source()
+    assert node.sub.wait_for(lambda ms: any(m.topic.endswith("fan-1/state") and m.json()["state"] == "sensor_fault"
+                                            for m in ms), 15), node.output()
+    node.write_config(threshold="0.9")
+    mark = len(node.sub.messages)
+    node.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "reload accepted" not in node.output() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    restarted = started_lines(node)
+    assert len(restarted) == 2 and restarted[1]["device_lost"] is True, node.output()
+    time.sleep(6.5)  # longer than the watchdog's stall limit (5 s)
+    states = [m.json()["state"] for m in node.sub.messages[mark:] if m.topic.endswith("fan-1/state")]
+    assert states and states[-1] == "sensor_fault", states
+    notes = len(node.messages)
+    assert node.read_notify("WATCHDOG=1", 3, after=notes), "the watchdog pings stopped while the device is lost"
+    assert "monitors stalled" not in node.output()
+    node.pulse.reload_source()
+    assert node.sub.wait_for(lambda ms: any(m.topic.endswith("/event") and m.json()["type"] == "health"
+                                            and m.json()["health"]["condition"] == "sensor_fault"
+                                            and m.json()["health"]["status"] == "ok" for m in ms[mark:]), 40), \
+        node.output()
+
+
+def test_a_restarted_monitor_gets_a_ring_of_its_own(tmp_path, monkeypatch, pulse_server):
+    """Defect 2 (second half): a new runner was given the ring of an old thread that might not have ended
+    within its join timeout: two readers on a single-consumer ring. Now the capture feeds a new ring."""
+    from edge_monitor.node import mic
+    from edge_monitor.node.config import load
+    from edge_monitor.node.daemon import Daemon
+
+    pulse_server.apply(monkeypatch)
+    assert mic.rescan_devices()
+    config = tmp_path / "c.yaml"
+    config.write_text(f"node: n\naudio:\n  device: pulse\nmonitors:\n  - name: a\n    model: {BUNDLE}\n")
+    daemon = Daemon(config, load(config))
+    from edge_monitor.node.bundles import open_bundles
+    from edge_monitor.node.daemon import plan
+
+    daemon.bundles = open_bundles(daemon.settings)
+    daemon.groups = plan(daemon.settings, daemon.bundles)
+    monitors = daemon._build_monitors(daemon.settings, daemon.bundles, daemon.groups, {"a"})
+    daemon._start_publisher()
+    try:
+        for key, group in daemon.groups.items():
+            daemon._start_group(key, group, monitors)
+        old_runner = daemon.runners["a"]
+        old_ring = old_runner.ring
+        capture = next(iter(daemon.captures.values()))
+        config.write_text(config.read_text() + "    threshold: 0.9\n")
+        daemon._do_reload()
+        new_runner = daemon.runners["a"]
+        assert new_runner is not old_runner and not old_runner.alive
+        assert new_runner.ring is not old_ring
+        assert [ring for _ch, ring in capture._taps] == [new_runner.ring]
+        assert new_runner.monitor.threshold.value == 0.9
     finally:
         daemon._shutdown("test")

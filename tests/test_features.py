@@ -91,13 +91,30 @@ def test_streaming_equals_batch_for_random_block_sizes(seed):
     got, i = [], 0
     while i < len(x):
         n = int(rng.integers(1, max_block + 1))
-        got.append(stream.push(x[i : i + n]).copy())
+        got.append(stream.push(x[i : i + n]))  # push returns an array the caller owns: no copy needed
         i += n
     got = np.concatenate(got)
     assert got.shape == expected.shape
     np.testing.assert_array_equal(got, expected)  # bit for bit: the block size must not matter
     assert stream.frames_emitted == n_frames(len(x), P)
     assert stream._fill < P.n_fft  # keeps only what the next frame needs
+
+
+def test_push_returns_frames_the_caller_owns_and_push_view_is_the_hot_path():
+    """numpy's convention: ``push`` returns a new array; the next push must not change it (defect 4 of
+    issue 9). ``push_view`` is the documented no-copy variant whose result the next push overwrites."""
+    x = synthetic(seconds=1.0)
+    stream = StreamingLogMel(P)
+    first = stream.push(x[:8000])
+    kept = first.copy()
+    stream.push(x[8000:])
+    np.testing.assert_array_equal(first, kept)
+    assert first.flags.owndata
+    view_stream = StreamingLogMel(P)
+    view = view_stream.push_view(x[:8000])
+    before = view.copy()
+    view_stream.push_view(x[8000:])
+    assert not np.array_equal(view, before)  # the documented hazard of the hot path, so push must copy
 
 
 def test_streaming_one_sample_at_a_time():

@@ -142,6 +142,21 @@ def test_check_prints_what_would_run():
     assert "calibrated for 1-s decisions" in proc.stdout
 
 
+@pytest.mark.parametrize("extra, phrase", [
+    ("audio:\n  ring_seconds: 100000\n", "audio.ring_seconds: expected a number in [1, 120.0], got 100000"),
+    ("audio:\n  ring_seconds: 1.0e+300\n", "audio.ring_seconds: expected a number in [1, 120.0], got 1e+300"),
+    ("events_jsonl: {tmp}\n", "cannot open it for appending (Is a directory)"),
+    ("mqtt:\n  enabled: true\n  username: u\n  password_file: /dev/zero\n",
+     "mqtt.password_file /dev/zero: longer than 4096 bytes"),
+])
+def test_check_refuses_what_run_could_not_start(tmp_path, extra, phrase):
+    """What ``check`` accepts, ``run`` can start (issue 15): each of these passed check and then killed run."""
+    config = tmp_path / "c.yaml"
+    config.write_text(f"node: n\nmonitors:\n  - name: m\n    model: {BUNDLE}\n" + extra.format(tmp=tmp_path))
+    line = one_error_line(cli("check", config))
+    assert phrase in line, line
+
+
 # ------------------------------------------------------------------ bad inputs: one line, exit 2
 
 def _bundle_copy(tmp_path: Path, edit=None) -> Path:
@@ -240,18 +255,51 @@ def test_replay_publishes_events_over_mqtt_and_keeps_them_when_the_broker_is_dow
         events = sub.events()
         assert [e["type"] for e in events] == ["anomaly_start", "anomaly_end"]
         assert all(validate(e) == [] and isinstance(e["seq"], int) for e in events)
+        # the daemon's state topic too (one loop): not listening yet, the anomaly, normal after it, and
+        # "unknown" once the file has ended (the monitor no longer listens)
+        assert sub.wait_for(lambda ms: [m.json()["state"] for m in ms if m.topic.endswith("/state")][-1:]
+                            == ["unknown"] and sum(m.topic.endswith("/state") for m in ms) == 4, 10)
+        states = [m.json()["state"] for m in sub.messages if m.topic == "edge-monitor/bench/fan-id_00/state"]
+        assert states == ["unknown", "anomaly", "normal", "unknown"]
         broker.stop()  # now the broker is down: the events wait in the outbox, and the exit code says so
         down = subprocess.run([sys.executable, "-m", "edge_monitor", "replay", str(ANOMALY), "--node", "bench",
                                "--mqtt", f"mqtt://127.0.0.1:{broker.port}"], capture_output=True, text=True,
                               timeout=120, env=env)
         line = one_error_line(down)
-        assert "2 message(s) not acknowledged" in line and "replay-outbox.sqlite" in line
+        assert "6 message(s) not acknowledged" in line and "replay-outbox.sqlite" in line  # 2 events, 4 states
         broker.start()  # the next replay delivers the kept events first
         again = subprocess.run([sys.executable, "-m", "edge_monitor", "replay", str(NORMAL), "--node", "bench",
                                 "--mqtt", f"mqtt://127.0.0.1:{broker.port}"], capture_output=True, text=True,
                                timeout=120, env=env)
         assert again.returncode == 0, again.stderr
         assert sub.wait_for(lambda ms: len({e["event_id"] for e in sub.events()}) == 4, 15)
+
+
+    finally:
+        sub.close()
+        broker.stop()
+
+def test_replay_mqtt_publishes_telemetry_like_the_daemon(tmp_path):
+    """Telemetry every ``mqtt.telemetry_seconds`` of audio, with the daemon's fields (one loop)."""
+    from mqtt_helpers import Broker, Subscriber
+
+    env = {**os.environ, "HOME": str(tmp_path)}
+    broker = Broker(tmp_path / "broker").start()
+    sub = Subscriber(broker.port, "edge-monitor/#")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"node: t1\nmqtt:\n  enabled: true\n  host: 127.0.0.1\n  port: {broker.port}\n"
+                      f"  telemetry_seconds: 2.0\n  outbox:\n    path: {tmp_path / 'outbox.sqlite'}\n"
+                      f"monitors:\n  - name: fan\n    model: {DEMO_DIR / 'fan-id_00'}\n")
+    try:
+        proc = subprocess.run([sys.executable, "-m", "edge_monitor", "replay", str(NORMAL), "--config", str(config),
+                               "--mqtt", "--block-seconds", "0.5"], capture_output=True, text=True, timeout=120,
+                              env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert sub.wait_for(lambda ms: sum(m.topic == "edge-monitor/t1/fan/telemetry" for m in ms) >= 3, 10)
+        tele = [m.json() for m in sub.messages if m.topic == "edge-monitor/t1/fan/telemetry"]
+        assert len(tele) == 3  # a 6-s clip, every 2 s of audio: at 2, 4 and 6 s
+        assert {"state", "score_mean", "decisions", "threshold", "level_dbfs", "drops", "health"} <= set(tele[0])
+        assert tele[0]["decisions"] > 0 and tele[0]["state"] == "normal"
     finally:
         sub.close()
         broker.stop()

@@ -1,9 +1,12 @@
 """``edge-monitor replay FILE …``: WAV files through the daemon's own pipeline.
 
-Each file is read (any WAV the training loader reads), its channel picked and resampled to the
-model's rate, then pushed in blocks through :class:`~edge_monitor.core.monitor.Monitor` — the same
-object the daemon feeds from the microphone. Events go to ``--jsonl`` (and MQTT with ``--mqtt``);
-a short summary per file goes to standard output. Exit code: 0 no anomaly, 1 an anomaly, 2 an error.
+Each file is read from disk block by block (any WAV the training loader reads, any length in flat
+memory), its channel picked, and run through the one loop the daemon runs (``core.loop.Loop``): the
+same streaming resampler when the file's rate is not the model's, the same
+:class:`~edge_monitor.core.monitor.Monitor`, the same sinks. Events go to ``--jsonl``; with
+``--mqtt`` the events, the monitor's state and its telemetry are published exactly as the daemon
+publishes them. A short summary per file goes to standard output. Exit code: 0 no anomaly, 1 an
+anomaly, 2 an error.
 """
 
 from __future__ import annotations
@@ -12,18 +15,18 @@ import argparse
 import csv
 import socket
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_monitor import DEMO_DIR
 from edge_monitor.core.errors import UserError
 from edge_monitor.core.events import Event
+from edge_monitor.core.loop import Loop, WavSource
 from edge_monitor.core.model import Bundle, WindowScorer
 from edge_monitor.core.monitor import REPLAY_BATCH, REPLAY_BLOCK_SECONDS, Monitor
-from edge_monitor.core.wav import load_audio, parse_channel
+from edge_monitor.core.wav import parse_channel
 from edge_monitor.node.bundles import open_bundles
-from edge_monitor.node.jsonl import JsonlWriter
+from edge_monitor.node.sinks import NodeSink
 from edge_monitor.node.settings import AudioSettings, MonitorSettings, Settings
 
 DEMO_BUNDLE = DEMO_DIR / "fan-id_00"
@@ -94,47 +97,44 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def replay_file(path: Path, settings: Settings, bundles: dict[str, Bundle], *, block_seconds: float,
-                realtime: bool, sinks: list, scorers: dict[str, WindowScorer] | None = None) -> list[FileResult]:
-    """Replay one file through every monitor; returns one result per monitor."""
+                realtime: bool, sinks: list, scorers: dict[str, WindowScorer] | None = None,
+                telemetry_seconds: float | None = None) -> list[FileResult]:
+    """Replay one file through every monitor with the one loop (``core.loop.Loop``) the daemon runs,
+    the file read from disk block by block; returns one result per monitor."""
     results = []
     scorers = scorers if scorers is not None else {}
     for m in settings.monitors:
         bundle = bundles[m.name]
         result = FileResult(path, m.name)
         results.append(result)
-        sr = bundle.params.sample_rate
         try:
-            samples = load_audio(path, sr, m.channel)
+            source = WavSource(path, m.channel, block_seconds, realtime=realtime)
         except UserError as exc:
             result.error = str(exc)
             continue
-        if m.name not in scorers:
-            scorers[m.name] = WindowScorer(bundle, batch_size=REPLAY_BATCH)
-        monitor = Monitor(m, bundle, node=settings.node, source=str(path), live=False, keep_errors=True,
-                          scorer=scorers[m.name])
-        result.threshold = monitor.threshold.value
-        result.duration_s = len(samples) / sr
-        if len(samples) < m.decision.window_seconds * sr:
+        result.duration_s = source.duration_s
+        if source.duration_s < m.decision.window_seconds:
+            source.close()
             result.error = (f"{path}: {result.duration_s:.2f} s of audio is shorter than the "
                             f"{m.decision.window_seconds:g}-s decision window of monitor {m.name}; replay at least "
                             f"{m.decision.window_seconds:g} s")
             continue
-        block = max(1, int(round(block_seconds * sr)))
-        started = time.monotonic()
-        for start in range(0, len(samples), block):
-            if realtime:
-                time.sleep(max(0.0, start / sr - (time.monotonic() - started)))
-            _emit(monitor.process(samples[start : start + block]), result, sinks)
-        _emit(monitor.finish("end_of_stream"), result, sinks)
+        if m.name not in scorers:
+            scorers[m.name] = WindowScorer(bundle, batch_size=REPLAY_BATCH)
+        monitor = Monitor(m, bundle, node=settings.node, source=source.label, live=False, keep_errors=True,
+                          scorer=scorers[m.name])
+        result.threshold = monitor.threshold.value
+        loop = Loop(monitor, source, sinks, telemetry_seconds=telemetry_seconds)
+        loop.keep_events = True
+        try:
+            loop.run()
+        except UserError as exc:  # e.g. a NaN sample in the middle of a float file
+            source.close()
+            result.error = str(exc)
+            continue
+        result.events = loop.events
         result.clip_score = monitor.clip_score()
     return results
-
-
-def _emit(events: list[Event], result: FileResult, sinks: list) -> None:
-    for event in events:
-        result.events.append(event)
-        for sink in sinks:
-            sink.write(event)
 
 
 def _summary(result: FileResult, bundle: Bundle, out) -> None:
@@ -171,22 +171,22 @@ def run(args: argparse.Namespace) -> int:
     for path in args.files:
         if not path.is_file():
             raise UserError(f"{path}: no such file; give WAV files to replay")
-    sinks: list = []
-    if args.jsonl:
-        try:
-            sinks.append(JsonlWriter(args.jsonl))
-        except OSError as exc:
-            raise UserError(f"--jsonl {args.jsonl}: cannot open: {exc.strerror}") from None
+    if args.jsonl and args.jsonl != "-" and Path(args.jsonl).is_dir():
+        raise UserError(f"--jsonl {args.jsonl}: is a folder; give a file to append events to")
     publisher = _publisher(args, settings, bundles) if args.mqtt is not None else None
-    if publisher is not None:
-        sinks.append(_EventPublisher(publisher))
+    try:
+        sink = NodeSink(jsonl=args.jsonl, publisher=publisher, log_events=False)
+    except OSError as exc:
+        raise UserError(f"--jsonl {args.jsonl}: cannot open: {exc.strerror}") from None
+    sinks: list = [sink]
     out = sys.stderr if args.jsonl == "-" else sys.stdout
     results: list[FileResult] = []
     scorers: dict[str, WindowScorer] = {}
     try:
         for path in args.files:
             file_results = replay_file(path, settings, bundles, block_seconds=block_seconds,
-                                       realtime=args.realtime, sinks=sinks, scorers=scorers)
+                                       realtime=args.realtime, sinks=sinks, scorers=scorers,
+                                       telemetry_seconds=settings.mqtt.telemetry_seconds if publisher else None)
             for r in file_results:
                 if r.error:
                     print(f"edge-monitor: error: {r.error}", file=sys.stderr)
@@ -207,17 +207,6 @@ def run(args: argparse.Namespace) -> int:
     if any(r.error for r in results) or undelivered:
         return 2
     return 1 if any(r.anomalies for r in results) else 0
-
-
-class _EventPublisher:
-    def __init__(self, publisher):
-        self.publisher = publisher
-
-    def write(self, event: Event) -> None:
-        self.publisher.publish_event(event)
-
-    def close(self) -> None:
-        pass
 
 
 MQTT_DRAIN_SECONDS = 10.0
@@ -243,7 +232,7 @@ def _publisher(args: argparse.Namespace, settings: Settings, bundles: dict[str, 
     mq = replace(mq, enabled=True)
     monitors = [{"name": m.name, "model": bundles[m.name].name, "sha256": bundles[m.name].sha256}
                 for m in settings.monitors]
-    publisher = Publisher(mq, settings.node, monitors=monitors)
+    publisher = Publisher(mq, settings.node, monitors=monitors)  # the daemon's publisher: status, state, telemetry
     publisher.start()
     return publisher
 

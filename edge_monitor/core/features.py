@@ -285,7 +285,12 @@ class StreamingLogMel:
         self._fill = 0
 
     def push(self, block: np.ndarray) -> np.ndarray:
-        """Feed samples; returns a ``(k, n_mels)`` view of the new frames, valid until the next push."""
+        """Feed samples; returns the ``(k, n_mels)`` frames the new samples completed, as a new array the caller owns."""
+        return self.push_view(block).copy()
+
+    def push_view(self, block: np.ndarray) -> np.ndarray:
+        """Like :meth:`push`, without the copy (the hot path): a view of an internal buffer that the
+        next ``push``/``push_view`` overwrites. Use it only when the frames are consumed at once."""
         block = _as_mono(block, "StreamingLogMel.push")
         _check_finite(block, "StreamingLogMel.push")
         need = self._fill + len(block)

@@ -71,7 +71,7 @@ class Monitor:
             self._gap()
         end = self.position + len(block)
         events += self.health.samples(block, end / sr)
-        frames = self.features.push(block)
+        frames = self.features.push_view(block)  # consumed below (copied into the history) before the next push
         self.position = end
         self.health.frames(frames)
         if self.health.bad and self.detector.state != SUSPENDED:

@@ -23,7 +23,6 @@ oldest samples, the MQTT outbox has ``max_messages``.
 
 from __future__ import annotations
 
-import collections
 import math
 import signal
 import threading
@@ -31,20 +30,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import structlog
 
 from edge_monitor import __version__
 from edge_monitor.core.errors import UserError
-from edge_monitor.core.events import Event
+from edge_monitor.core.loop import Loop
 from edge_monitor.core.model import Bundle
 from edge_monitor.core.monitor import Monitor
 from edge_monitor.node.bundles import open_bundles
 from edge_monitor.node.config import load
-from edge_monitor.node.jsonl import JsonlWriter
 from edge_monitor.node.log import configure
 from edge_monitor.node.ring import RingBuffer
 from edge_monitor.node.settings import MonitorSettings, Settings
+from edge_monitor.node.sinks import NodeSink
 from edge_monitor.node.systemd import Notifier
 
 log = structlog.get_logger()
@@ -61,145 +59,84 @@ STALL_SECONDS = 5.0        # a monitor that processed nothing this long (device 
 MAX_RING_RATE = 48_000     # rings are sized for this rate in case a device must capture above the model's
 
 
-class Sink:
-    """Where a monitor's output goes: the log, the JSON-lines file, MQTT. Thread-safe."""
-
-    def __init__(self, settings: Settings, publisher):
-        self._lock = threading.Lock()
-        self.publisher = publisher
-        self.jsonl = JsonlWriter(settings.events_jsonl) if settings.events_jsonl else None
-
-    def event(self, event: Event) -> None:
-        data = event.to_dict()
-        fields = {"monitor": event.monitor, "id": event.id, "position_s": data["audio_position_s"]}
-        if event.health is not None:
-            fields.update(condition=event.health.condition, status=event.health.status,
-                          message=event.health.message, decisions_suspended=event.decisions_suspended)
-            level = "warning" if event.health.status == "bad" else "info"
-        else:
-            fields.update(score=data["score"], threshold=data["threshold"],
-                          bands=[b.label() for b in event.bands])
-            if event.anomaly is not None:
-                fields.update(duration_s=data["anomaly"]["duration_s"], peak=data["anomaly"]["peak_score"],
-                              reason=event.anomaly.reason)
-            level = "warning" if event.type == "anomaly_start" else "info"
-        getattr(log, level)(event.type, **fields)
-        with self._lock:
-            if self.jsonl is not None:
-                self.jsonl.write(event)
-            if self.publisher is not None:
-                self.publisher.publish_event(event)
-
-    def state(self, monitor: str, state: str, score: float | None, threshold: float) -> None:
-        log.info("state", monitor=monitor, state=state)
-        if self.publisher is not None:
-            with self._lock:
-                self.publisher.publish_state(monitor, state, score, threshold)
-
-    def telemetry(self, monitor: str, values: dict) -> None:
-        if self.publisher is not None:
-            with self._lock:
-                self.publisher.publish_telemetry(monitor, values)
-
-    def close(self) -> None:
-        if self.jsonl is not None:
-            self.jsonl.close()
-
-
 class Runner:
-    """One monitor's processing thread: ring → (resampler) → Monitor → sink."""
+    """One monitor's processing thread: the one loop (``core.loop.Loop``) on a ``MicSource``."""
 
-    def __init__(self, settings: MonitorSettings, bundle: Bundle, node: str, ring: RingBuffer, capture,
-                 sink: Sink, telemetry_seconds: float, block_seconds: float):
-        from edge_monitor.core.resample import StreamResampler
+    def __init__(self, monitor: Monitor, ring: RingBuffer, capture, sink: NodeSink, telemetry_seconds: float,
+                 block_seconds: float, *, device_lost: bool = False, lost_message: str = ""):
+        from edge_monitor.node.mic import MicSource
 
+        settings = monitor.settings
         self.settings = settings
         self.name = settings.name
-        self.bundle = bundle
+        self.bundle = monitor.bundle
         self.ring = ring
         self.capture = capture
-        self.sink = sink
-        self.telemetry_seconds = telemetry_seconds
-        self.model_rate = bundle.params.sample_rate
-        self.resampler = StreamResampler(capture.rate, self.model_rate) if capture.rate != self.model_rate else None
-        self.monitor = Monitor(settings, bundle, node=node, source=f"mic:{capture.device_name}:{settings.channel}",
-                               live=True)
-        self._buf = np.empty(max(1, int(round(max(READ_SECONDS, block_seconds) * capture.rate))), dtype=np.float32)
-        self._notices: collections.deque = collections.deque(maxlen=64)  # device lost/back notes, bounded
         self._stop = threading.Event()
         self._finish_reason = "shutdown"
-        self.last_progress = time.monotonic()
-        self.device_lost = False
-        self._overflows = capture.overflows
-        self._thread = threading.Thread(target=self._loop, name=f"monitor-{self.name}", daemon=True)
+        self.source = MicSource(capture, ring, settings.channel, read_seconds=max(READ_SECONDS, block_seconds),
+                                poll_seconds=POLL_SECONDS, wake=self._stop, device_lost=device_lost,
+                                lost_message=lost_message)
+        self.monitor = monitor
+        self.loop = Loop(monitor, self.source, [sink], telemetry_seconds=telemetry_seconds)
+        self.model_rate = monitor.params.sample_rate
+        self._thread = threading.Thread(target=self._run, name=f"monitor-{self.name}", daemon=True)
 
     def start(self) -> None:
-        self.sink.state(self.name, self.monitor.state, None, self.monitor.threshold.value)
         self._thread.start()
 
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    @property
+    def device_lost(self) -> bool:
+        return self.source.device_lost
+
+    @property
+    def last_progress(self) -> float:
+        return self.loop.last_progress
+
     def device(self, ok: bool, message: str) -> None:
         """From the supervisor (main thread): the device was lost or is back."""
-        self.device_lost = not ok
-        self._notices.append((ok, message))
+        self.source.device(ok, message)
 
-    def stop(self, reason: str, timeout: float = 1.0) -> None:
+    def stop(self, reason: str, timeout: float = 1.0) -> bool:
+        """Stop the thread (its open anomaly ends with ``reason``); False if it did not end within ``timeout``."""
         self._finish_reason = reason
         self._stop.set()
         self._thread.join(timeout)
+        return not self._thread.is_alive()
 
-    def _emit(self, events: list[Event], state_before: str) -> None:
-        for event in events:
-            self.sink.event(event)
-        state = self.monitor.state
-        if state != state_before:
-            self.sink.state(self.name, state, self.monitor.detector.last_score, self.monitor.threshold.value)
+    def _stopping(self) -> str | None:
+        return self._finish_reason if self._stop.is_set() else None
 
-    def _loop(self) -> None:
+    def _run(self) -> None:
         _name_thread(f"em:{self.name}")
-        bound = log.bind(monitor=self.name)
-        next_telemetry = time.monotonic() + self.telemetry_seconds
         try:
-            while not self._stop.is_set():
-                state = self.monitor.state
-                events: list[Event] = []
-                while self._notices:
-                    ok, message = self._notices.popleft()
-                    events += self.monitor.sensor_fault(not ok, message)
-                    if self.resampler is not None:
-                        self.resampler.reset()
-                overflows = self.capture.overflows
-                if overflows != self._overflows:
-                    events += self.monitor.input_overflow(overflows - self._overflows)
-                    self._overflows = overflows
-                n, dropped = self.ring.read(self._buf)
-                if n or dropped:
-                    block = self._buf[:n]
-                    if self.resampler is not None:
-                        if dropped:
-                            self.resampler.reset()
-                        block = self.resampler.process(block)
-                        dropped = int(round(dropped * self.model_rate / self.capture.rate))
-                    events += self.monitor.process(block, dropped)
-                    self.last_progress = time.monotonic()
-                if events or self.monitor.state != state:
-                    self._emit(events, state)
-                now = time.monotonic()
-                if now >= next_telemetry:
-                    next_telemetry = now + self.telemetry_seconds
-                    self.sink.telemetry(self.name, self.monitor.telemetry())
-                if n < len(self._buf):  # the ring is empty now: sleep until more has arrived
-                    self._stop.wait(POLL_SECONDS)
-            for event in self.monitor.finish(self._finish_reason):
-                self.sink.event(event)
-            # no longer listening: the machine's state is unknown until this monitor runs again
-            self.sink.state(self.name, "unknown", None, self.monitor.threshold.value)
+            self.loop.run(self._stopping)
         except Exception:  # a bug: log it; the watchdog sees a dead thread and systemd restarts us
-            bound.exception("processing thread died")
+            log.bind(monitor=self.name).exception("processing thread died")
             raise
+
+
+@dataclass
+class _Reload:
+    """A reload, prepared: the new set built, the old one remembered."""
+
+    settings: Settings
+    bundles: dict[str, Bundle]
+    groups: dict[str, DeviceGroup]
+    kept: list[str]                  # monitors that keep running untouched
+    monitors: dict[str, Monitor]     # the new monitors, built
+    old_settings: Settings
+    old_bundles: dict[str, Bundle]
+    old_groups: dict[str, DeviceGroup]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())
 
 
 def _name_thread(name: str) -> None:
@@ -237,7 +174,10 @@ def _check_devices(groups) -> None:
 
 def plan(settings: Settings, bundles: dict[str, Bundle]) -> dict[str, DeviceGroup]:
     groups: dict[str, list[MonitorSettings]] = {}
-    for m in settings.monitors:
+    for i, m in enumerate(settings.monitors):
+        if not isinstance(m.channel, int):
+            raise UserError(f"monitors[{i}].channel: 'mix' is for replaying files; a microphone monitor needs a "
+                            "channel index (0, 1, ...)")
         device = m.device if m.device is not None else settings.audio.device
         groups.setdefault(repr(device), []).append(m)
     result = {}
@@ -258,11 +198,10 @@ class Daemon:
         self._configure_logging()
         self.notifier = Notifier()
         self.publisher = None
-        self.sink: Sink | None = None
+        self.sink: NodeSink | None = None
         self.bundles: dict[str, Bundle] = {}
         self.groups: dict[str, DeviceGroup] = {}
         self.captures: dict[str, object] = {}
-        self.rings: dict[str, RingBuffer] = {}
         self.runners: dict[str, Runner] = {}
         self._wake = threading.Event()
         self._stop = False
@@ -289,10 +228,12 @@ class Daemon:
         _check_devices(self.groups.values())  # before anything opens
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
+        monitors = self._build_monitors(self.settings, self.bundles, self.groups,
+                                        {m.name for m in self.settings.monitors})
         self._start_publisher()
         try:
             for key, group in self.groups.items():
-                self._start_group(key, group)
+                self._start_group(key, group, monitors)
         except UserError:
             self._shutdown("startup failed")
             raise
@@ -315,42 +256,60 @@ class Daemon:
         self._shutdown("shutdown")
         return 0
 
-    def _start_publisher(self) -> None:
+    def _new_publisher(self):  # noqa: ANN202
         mq = self.settings.mqtt
-        self.publisher = None
-        if mq.enabled:
-            from edge_monitor.node.mqtt.publisher import Publisher
+        if not mq.enabled:
+            return None
+        from edge_monitor.node.mqtt.publisher import Publisher
 
-            monitors = [{"name": m.name, "model": self.bundles[m.name].name, "sha256": self.bundles[m.name].sha256}
-                        for m in self.settings.monitors]
-            self.publisher = Publisher(mq, self.settings.node, monitors=monitors)
-            self.publisher.start()
-        self.sink = Sink(self.settings, self.publisher)
+        publisher = Publisher(mq, self.settings.node, monitors=self._monitor_list())
+        publisher.start()
+        return publisher
 
-    def _start_group(self, key: str, group: DeviceGroup) -> None:
+    def _start_publisher(self) -> None:
+        self.publisher = self._new_publisher()
+        self.sink = NodeSink(jsonl=self.settings.events_jsonl, publisher=self.publisher)
+
+    def _build_monitors(self, settings: Settings, bundles: dict[str, Bundle], groups: dict[str, DeviceGroup],
+                        names: set[str]) -> dict[str, Monitor]:
+        """Every Monitor in ``names``, complete (interpreter, threshold, state machine), before anything
+        is stopped or opened; raises what building one raises."""
+        from edge_monitor.node.mic import resolve_device
+
+        built = {}
+        for key, group in groups.items():
+            device = self.captures[key].device_name if key in self.captures and self.groups.get(key) == group \
+                else resolve_device(group.device, group.width).name
+            for name, channel in group.channels:
+                if name in names:
+                    built[name] = Monitor(settings.monitor(name), bundles[name], node=settings.node,
+                                          source=f"mic:{device}:{channel}", live=True)
+        return built
+
+    def _start_group(self, key: str, group: DeviceGroup, monitors: dict[str, Monitor]) -> None:
         from edge_monitor.node.mic import Capture
 
         capacity = int(group.ring_seconds * max(group.rate, MAX_RING_RATE))
-        taps = []
-        for name, channel in group.channels:
-            self.rings[name] = RingBuffer(capacity)
-            taps.append((channel, self.rings[name]))
-        capture = Capture(group.device, group.rate, group.width, group.block_seconds, taps, name=key)
+        rings = {name: RingBuffer(capacity) for name, _channel in group.channels}
+        capture = Capture(group.device, group.rate, group.width, group.block_seconds,
+                          [(channel, rings[name]) for name, channel in group.channels], name=key)
         capture.start()
         self.captures[key] = capture
         for name, _channel in group.channels:
-            self._start_runner(name, capture)
+            self._start_runner(monitors[name], rings[name], capture)
 
-    def _start_runner(self, name: str, capture) -> None:
+    def _start_runner(self, monitor: Monitor, ring: RingBuffer, capture, *, device_lost: bool = False,
+                      lost_message: str = "") -> None:
         assert self.sink is not None
-        m = self.settings.monitor(name)
-        runner = Runner(m, self.bundles[name], self.settings.node, self.rings[name], capture, self.sink,
-                        self.settings.mqtt.telemetry_seconds, self.settings.audio.block_seconds)
+        name, m = monitor.name, monitor.settings
+        runner = Runner(monitor, ring, capture, self.sink, self.settings.mqtt.telemetry_seconds,
+                        self.settings.audio.block_seconds, device_lost=device_lost, lost_message=lost_message)
         self.runners[name] = runner
         runner.start()
         log.info("monitor started", monitor=name, model=runner.bundle.name, device=capture.device_name,
                  channel=m.channel, capture_rate=capture.rate, model_rate=runner.model_rate,
-                 threshold=round(runner.monitor.threshold.value, 4), threshold_from=runner.monitor.threshold.origin)
+                 threshold=round(monitor.threshold.value, 4), threshold_from=monitor.threshold.origin,
+                 device_lost=device_lost)
 
     def _wait_for_audio(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
@@ -403,57 +362,108 @@ class Daemon:
 
     # --- reload -------------------------------------------------------------------------------
     def _do_reload(self) -> None:
+        """SIGHUP: everything new is built and checked before anything old is stopped; any failure leaves
+        the running set as it is and logs ``reload rejected: <one line>``."""
         self.notifier.reloading()
         try:
-            settings = load(self.config_path)
-            bundles = open_bundles(settings)
-            groups = plan(settings, bundles)
-            _check_devices(g for key, g in groups.items() if self.groups.get(key) != g)
-        except UserError as exc:
-            log.error("reload rejected: keeping the running config", error=str(exc))
+            change = self._prepare_reload()
+        except Exception as exc:  # noqa: BLE001 - whatever fails, the running set stays
+            log.error("reload rejected: keeping the running config", error=_one_line(exc))
+            if not isinstance(exc, UserError):
+                log.debug("reload rejected", exc_info=True)
             self.notifier.ready(self._status())
             return
-        old = self.settings
-        self.settings, self.bundles = settings, bundles
-        self._configure_logging()
-        kept, restarted = [], []
-        if settings.mqtt != old.mqtt or settings.node != old.node or settings.events_jsonl != old.events_jsonl or \
-                [m.name for m in settings.monitors] != [m.name for m in old.monitors]:
-            # the publisher's identity changed: runners must write to the new sink
-            for key in list(self.captures):
-                self._stop_group(key, "reload")
-            self._close_sink()
-            self._start_publisher()
-            self.groups = {}
-        for key in list(self.groups):
-            if key not in groups or groups[key] != self.groups[key]:
-                self._stop_group(key, "reload")
+        try:
+            self._apply_reload(change)
+        except UserError as exc:  # a stream that would not open: back to the old set
+            log.error("reload rejected: keeping the running config", error=_one_line(exc))
+            self._restore(change)
+        self.notifier.ready(self._status())
+
+    def _prepare_reload(self) -> _Reload:
+        settings = load(self.config_path)
+        bundles = open_bundles(settings)
+        groups = plan(settings, bundles)
+        _check_devices(g for key, g in groups.items() if self.groups.get(key) != g)
+        if settings.mqtt.enabled and (settings.mqtt != self.settings.mqtt or settings.node != self.settings.node):
+            from edge_monitor.node.mqtt.connection import read_password, ssl_context
+
+            read_password(settings.mqtt)  # what the new publisher will need, checked now
+            if settings.mqtt.tls is not None:
+                ssl_context(settings.mqtt.tls)
+        if settings.events_jsonl and settings.events_jsonl != self.settings.events_jsonl:
+            NodeSink(jsonl=settings.events_jsonl).close()  # can it be opened?
+        kept, fresh = [], set()
         for key, group in groups.items():
+            for name, _ch in group.channels:
+                runner = self.runners.get(name)
+                same = (runner is not None and self.groups.get(key) == group and key in self.captures
+                        and runner.settings == settings.monitor(name) and runner.bundle.sha256 == bundles[name].sha256
+                        and settings.node == self.settings.node)
+                (kept.append if same else fresh.add)(name)
+        monitors = self._build_monitors(settings, bundles, groups, fresh)
+        return _Reload(settings, bundles, groups, kept, monitors, self.settings, self.bundles, self.groups)
+
+    def _apply_reload(self, change: _Reload) -> None:
+        old, settings = self.settings, change.settings
+        self.settings, self.bundles = settings, change.bundles
+        self._configure_logging()
+        if settings.mqtt != old.mqtt or settings.node != old.node or settings.events_jsonl != old.events_jsonl:
+            assert self.sink is not None  # runners keep writing to the same NodeSink: rewire what it feeds
+            self.publisher = self.sink.rewire(jsonl=settings.events_jsonl, old_publisher=self.publisher,
+                                              make_publisher=self._new_publisher)
+        elif self.publisher is not None and [m.name for m in settings.monitors] != [m.name for m in old.monitors]:
+            self.publisher.announce(self._monitor_list())
+        for key in list(self.groups):
+            if key not in change.groups or change.groups[key] != self.groups[key]:
+                self._stop_group(key, "reload")
+        restarted = []
+        for key, group in change.groups.items():
             if key in self.captures:  # same device, same layout: swap only the monitors that changed
+                capture = self.captures[key]
                 for name, _ch in group.channels:
-                    runner = self.runners[name]
-                    if runner.settings == settings.monitor(name) and runner.bundle.sha256 == bundles[name].sha256:
-                        kept.append(name)
+                    if name in change.kept:
                         continue
+                    runner = self.runners.pop(name)
                     runner.stop("reload")
-                    self._start_runner(name, self.captures[key])
+                    ring = RingBuffer(runner.ring.capacity)  # the old thread may still read the old one
+                    capture.replace_tap(runner.ring, ring)
+                    self._start_runner(change.monitors[name], ring, capture, device_lost=capture.lost,
+                                       lost_message="device lost before the reload")
                     restarted.append(name)
             else:
-                self._start_group(key, group)
+                self.groups[key] = group
+                self._start_group(key, group, change.monitors)
                 restarted += [name for name, _ch in group.channels]
-        self.groups = groups
-        log.info("reload accepted", kept=kept, restarted=restarted)
-        self.notifier.ready(self._status())
+        self.groups = change.groups
+        log.info("reload accepted", kept=change.kept, restarted=restarted)
+
+    def _restore(self, change: _Reload) -> None:
+        """A new stream failed to open after old ones were stopped: start the old set again."""
+        for key in list(self.captures):
+            if key not in change.old_groups or change.old_groups[key] != change.groups.get(key):
+                self._stop_group(key, "reload")
+        self.settings, self.bundles, self.groups = change.old_settings, change.old_bundles, change.old_groups
+        self._configure_logging()
+        missing = {name for key, g in self.groups.items() if key not in self.captures for name, _ch in g.channels}
+        monitors = self._build_monitors(self.settings, self.bundles, self.groups, missing)
+        for key, group in self.groups.items():
+            if key not in self.captures:
+                self._start_group(key, group, monitors)
+
+    def _monitor_list(self) -> list[dict]:
+        return [{"name": m.name, "model": self.bundles[m.name].name, "sha256": self.bundles[m.name].sha256}
+                for m in self.settings.monitors]
 
     def _stop_group(self, key: str, reason: str) -> None:
         capture = self.captures.pop(key, None)
         if capture is not None:
             capture.stop()
-        for name, _ch in self.groups.get(key, DeviceGroup(None, 0, 0, 0, ())).channels:
+        group = self.groups.get(key)
+        for name, _ch in (group.channels if group is not None else ()):
             runner = self.runners.pop(name, None)
             if runner is not None:
                 runner.stop(reason)
-            self.rings.pop(name, None)
 
     def _close_sink(self) -> None:
         if self.sink is not None:

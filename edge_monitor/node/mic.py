@@ -29,6 +29,8 @@ fails; they come from C and are not ours to silence.
 
 from __future__ import annotations
 
+import collections
+import enum
 import threading
 import time
 from collections.abc import Sequence
@@ -39,6 +41,7 @@ import numpy as np
 import structlog
 
 from edge_monitor.core.errors import UserError
+from edge_monitor.core.loop import Chunk
 from edge_monitor.node.ring import RingBuffer
 
 log = structlog.get_logger("edge_monitor.node.mic")
@@ -46,22 +49,69 @@ log = structlog.get_logger("edge_monitor.node.mic")
 _monotonic = time.monotonic
 _DEVICES_HINT = "`edge-monitor devices` lists the input devices"
 
-# One lock for every PortAudio call that opens, closes or re-enumerates (never taken by the callback).
-_PA_LOCK = threading.RLock()
-_OPEN: set[int] = set()  # id() of the Captures that have a stream open
+class PortAudio:
+    """The process's PortAudio: the sounddevice module (imported on first use), the one lock for every
+    call that opens, closes or re-enumerates (never taken by the audio callback), and the captures that
+    have a stream open (PortAudio may be re-initialised only while there are none)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self._open: set[int] = set()  # id() of the Captures with a stream open
+        self._module: Any = None
+
+    def sd(self) -> Any:
+        """sounddevice; a missing PortAudio is a one-line user error."""
+        if self._module is None:
+            try:
+                import sounddevice
+            except OSError as exc:  # sounddevice raises OSError("PortAudio library not found")
+                raise UserError(f"cannot use a microphone: the PortAudio library is missing ({exc}); "
+                                "install it: sudo apt-get install libportaudio2") from None
+            except ImportError:
+                raise UserError("cannot use a microphone: the Python package sounddevice is missing; "
+                                "install it: pip install sounddevice") from None
+            self._module = sounddevice
+        return self._module
+
+    def opened(self, capture: object) -> None:
+        self._open.add(id(capture))
+
+    def closed(self, capture: object) -> None:
+        self._open.discard(id(capture))
+
+    def rescan(self) -> bool:
+        """Re-initialise PortAudio so that it lists devices again (a re-plugged USB microphone, a sound
+        server that started after the import). Refused (False) while a Capture has a stream open."""
+        sd = self.sd()
+        with self.lock:
+            if self._open:
+                return False
+            if sd._initialized > 0:
+                try:
+                    sd._terminate()
+                except Exception as exc:  # noqa: BLE001 - PortAudio refuses: keep the old list
+                    log.debug("portaudio terminate failed", error=str(exc))
+                    return False
+            try:
+                sd._initialize()
+            except Exception as exc:  # noqa: BLE001 - PortAudioError: the next rescan tries again
+                raise UserError(f"cannot initialise PortAudio: {exc}") from None
+            return True
+
+
+PORTAUDIO = PortAudio()
 
 
 def _sd() -> Any:
-    """Import sounddevice on first use; a missing PortAudio is a one-line user error."""
-    try:
-        import sounddevice
-    except OSError as exc:  # sounddevice raises OSError("PortAudio library not found")
-        raise UserError(f"cannot use a microphone: the PortAudio library is missing ({exc}); "
-                        "install it: sudo apt-get install libportaudio2") from None
-    except ImportError:
-        raise UserError("cannot use a microphone: the Python package sounddevice is missing; "
-                        "install it: pip install sounddevice") from None
-    return sounddevice
+    return PORTAUDIO.sd()
+
+
+class CaptureState(enum.Enum):
+    """A Capture's life: STOPPED (not started, or stopped) → RUNNING ⇄ LOST (being reopened) → STOPPED."""
+
+    STOPPED = "stopped"
+    RUNNING = "running"
+    LOST = "lost"
 
 
 # -- devices ---------------------------------------------------------------------------------------
@@ -83,7 +133,7 @@ class InputDevice:
 def input_devices(include_outputs: bool = False) -> list[InputDevice]:
     """Every device PortAudio lists that has input channels (all devices with ``include_outputs``)."""
     sd = _sd()
-    with _PA_LOCK:
+    with PORTAUDIO.lock:
         devices = sd.query_devices()
         hostapis = sd.query_hostapis()
         try:
@@ -110,23 +160,8 @@ def _default_input_index(sd: Any) -> int:
 
 
 def rescan_devices() -> bool:
-    """Re-initialise PortAudio so that it lists devices again (a re-plugged USB microphone, a sound
-    server that started after the import). Refused (returns False) while a Capture has a stream open."""
-    sd = _sd()
-    with _PA_LOCK:
-        if _OPEN:
-            return False
-        if sd._initialized > 0:
-            try:
-                sd._terminate()
-            except Exception as exc:  # noqa: BLE001 - PortAudio refuses: keep the old list
-                log.debug("portaudio terminate failed", error=str(exc))
-                return False
-        try:
-            sd._initialize()
-        except Exception as exc:  # noqa: BLE001 - PortAudioError: the next rescan tries again
-            raise UserError(f"cannot initialise PortAudio: {exc}") from None
-        return True
+    """Re-initialise PortAudio to list devices again; False while a Capture has a stream open."""
+    return PORTAUDIO.rescan()
 
 
 def resolve_device(device: str | int | None, channels: int = 1) -> InputDevice:
@@ -245,8 +280,7 @@ class Capture:
         self._stream: Any = None
         self._opened_at = 0.0
         self._frames_at_open = 0
-        self._started = False
-        self._lost = False
+        self.state = CaptureState.STOPPED
         self._backoff = 0.0
         self._next_retry = 0.0
         self._lock = threading.Lock()
@@ -262,11 +296,19 @@ class Capture:
     @property
     def lost(self) -> bool:
         """True between a (False, ...) and the next (True, ...) from ``supervise``."""
-        return self._lost
+        return self.state is CaptureState.LOST
 
     @property
     def running(self) -> bool:
         return self._stream is not None
+
+    def replace_tap(self, old: RingBuffer, new: RingBuffer) -> None:
+        """Feed ``new`` instead of ``old`` from the next callback on (a monitor restarted by a reload gets a
+        ring of its own: the old processing thread, if it has not ended yet, must not share a ring with the
+        new one, since a ring has one consumer). One tuple assignment: the callback sees old or new taps."""
+        if not any(ring is old for _, ring in self._taps):
+            raise ValueError("replace_tap: that ring is not a tap of this capture")
+        self._taps = tuple((ch, new if ring is old else ring) for ch, ring in self._taps)
 
     # -- the audio callback (PortAudio thread) ----------------------------------------------------
 
@@ -293,7 +335,7 @@ class Capture:
     def start(self) -> None:
         """Resolve the device, choose the rate, open and start the stream; UserError when impossible."""
         with self._lock:
-            if self._started:
+            if self.state is not CaptureState.STOPPED:
                 return
             sd = _sd()
             self._abort = sd.CallbackAbort
@@ -304,8 +346,7 @@ class Capture:
                 self._log.info("capture rate not offered by the device; resampling", device=dev.name,
                                wanted=self.requested_rate, rate=self.rate)
             self._open(dev)
-            self._started = True
-            self._lost = False
+            self.state = CaptureState.RUNNING
             self._log.info("audio capture started", device=dev.label(), rate=self.rate, channels=self.channels,
                            blocksize=self.blocksize)
 
@@ -314,7 +355,7 @@ class Capture:
         tried = []
         for rate in ([self.requested_rate] if self.requested_rate else []) + [default]:
             try:
-                with _PA_LOCK:
+                with PORTAUDIO.lock:
                     sd.check_input_settings(device=dev.index, channels=self.channels, dtype="float32",
                                             samplerate=rate)
                 return rate
@@ -331,7 +372,7 @@ class Capture:
         self._callback_error = None
         self._finished = False
         self._frames_at_open = self.frames
-        with _PA_LOCK:
+        with PORTAUDIO.lock:
             try:
                 stream = sd.InputStream(device=dev.index, samplerate=self.rate, channels=self.channels,
                                         dtype="float32", blocksize=self.blocksize, latency=self.latency,
@@ -347,23 +388,22 @@ class Capture:
             self._stream = stream
             self._opened_at = _monotonic()
             self.generation += 1
-            _OPEN.add(id(self))
+            PORTAUDIO.opened(self)
 
     def _close(self) -> None:
-        with _PA_LOCK:
+        with PORTAUDIO.lock:
             if self._stream is not None:
                 _close_quietly(self._stream)
                 self._stream = None
-            _OPEN.discard(id(self))
+            PORTAUDIO.closed(self)
 
     def stop(self) -> None:
         """Close the stream (never raises). ``start()`` may be called again afterwards."""
         with self._lock:
             self._close()
-            if self._started:
+            if self.state is not CaptureState.STOPPED:
                 self._log.info("audio capture stopped", frames=self.frames, overflows=self.overflows)
-            self._started = False
-            self._lost = False
+            self.state = CaptureState.STOPPED
 
     def __enter__(self) -> Capture:
         self.start()
@@ -373,7 +413,7 @@ class Capture:
         self.stop()
 
     def __del__(self) -> None:
-        _OPEN.discard(id(self))
+        PORTAUDIO.closed(self)
 
     # -- supervision (a non-audio thread, ~every 0.5 s) -------------------------------------------
 
@@ -415,22 +455,22 @@ class Capture:
         """
         changes: list[tuple[bool, str]] = []
         with self._lock:
-            if not self._started:
+            if self.state is CaptureState.STOPPED:
                 return changes
             now = _monotonic()
             if self._stream is not None:
                 problem = self._problem(now)
                 if problem is None:
-                    if self._lost and self.frames > self._frames_at_open:
-                        self._lost = False
+                    if self.state is CaptureState.LOST and self.frames > self._frames_at_open:
+                        self.state = CaptureState.RUNNING
                         self._backoff = 0.0
                         msg = f"device '{self.device_name}' is back"
                         self._log.info("audio device back", device=self.device_name, generation=self.generation)
                         changes.append((True, msg))
                     return changes
                 self._close()
-                if not self._lost:
-                    self._lost = True
+                if self.state is not CaptureState.LOST:
+                    self.state = CaptureState.LOST
                     self._backoff = self.backoff_min
                     msg = f"device '{self.device_name}' stopped delivering audio: {problem}"
                     self._log.warning("audio device lost", device=self.device_name, reason=problem,
@@ -460,7 +500,7 @@ class Capture:
         dev = resolve_device(self.device_spec, self.channels)
         sd = _sd()
         try:
-            with _PA_LOCK:
+            with PORTAUDIO.lock:
                 sd.check_input_settings(device=dev.index, channels=self.channels, dtype="float32",
                                         samplerate=self.rate)
         except Exception as exc:  # noqa: BLE001
@@ -476,3 +516,53 @@ def _close_quietly(stream: Any) -> None:
             step()
         except Exception as exc:  # noqa: BLE001 - a vanished device may refuse; the stream is gone anyway
             log.debug("closing audio stream", step=step.__name__, error=str(exc))
+
+
+# -- the microphone as a source of the loop ------------------------------------------------------------
+
+
+class MicSource:
+    """One channel of a :class:`Capture` as a :class:`~edge_monitor.core.loop.Source`: the ring it feeds,
+    the driver's overflow count and the supervisor's device notices.
+
+    ``read`` takes all the ring holds; when the ring held less than the read buffer (it is empty now), the
+    next ``read`` first sleeps ``poll_seconds`` (or until ``wake`` is set): each wake-up of a processing
+    thread costs CPU, so it wakes ~10 times a second rather than once per audio block. ``device(ok, message)``
+    is called by the supervisor (main thread); ``device_lost`` survives into the next MicSource of a reload.
+    """
+
+    def __init__(self, capture: Capture, ring: RingBuffer, channel: int, *, read_seconds: float,
+                 poll_seconds: float, wake: threading.Event, device_lost: bool = False,
+                 lost_message: str = "") -> None:
+        self.capture = capture
+        self.ring = ring
+        self.rate = int(capture.rate or 0)
+        self.label = f"mic:{capture.device_name}:{channel}"
+        self._buf = np.empty(max(1, int(round(read_seconds * self.rate))), dtype=np.float32)
+        self._poll = poll_seconds
+        self._wake = wake
+        self._overflows = capture.overflows
+        self._notices: collections.deque[tuple[bool, str]] = collections.deque(maxlen=64)
+        self._idle = False
+        self.device_lost = device_lost
+        if device_lost:  # a reload while the device is lost: the new monitor must know at once
+            self._notices.append((False, lost_message or "device lost before this monitor started"))
+
+    def device(self, ok: bool, message: str) -> None:
+        self.device_lost = not ok
+        self._notices.append((ok, message))
+
+    def read(self) -> Chunk:
+        if self._idle:
+            self._wake.wait(self._poll)
+        notices = []
+        while self._notices:
+            notices.append(self._notices.popleft())
+        overflows = self.capture.overflows
+        new_overflows, self._overflows = overflows - self._overflows, overflows
+        n, dropped = self.ring.read(self._buf)
+        self._idle = n < len(self._buf)
+        return Chunk(self._buf[:n], dropped, new_overflows, tuple(notices))
+
+    def clock(self) -> float:
+        return time.monotonic()

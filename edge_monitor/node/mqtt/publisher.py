@@ -197,6 +197,13 @@ class Publisher:
                 "mqtt": {"queued": len(box), "dropped": box.dropped(), "rejected": box.counter("rejected")}}
         self._queued(box.put("telemetry", f"{self.base}/{topic_level(monitor, 'monitor')}/telemetry", json_bytes(data), 0, False))
 
+    def announce(self, monitors: list[dict]) -> None:
+        """The node's monitors changed (a reload): the retained ``online`` status now lists these."""
+        with self._link_lock:
+            self.monitors = [dict(m) for m in monitors]
+            if self._connected and self._client is not None:
+                self._client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
+
     # -- looking -----------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         """``connected``, ``queued`` (rows in the outbox), ``inflight``, ``published`` / ``dropped`` by kind

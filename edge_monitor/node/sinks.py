@@ -1,0 +1,79 @@
+"""Where a monitor's output goes on a node: the log, the JSON-lines file, MQTT. Replay and the daemon share it."""
+
+from __future__ import annotations
+
+import threading
+
+import structlog
+
+from edge_monitor.core.events import Event
+from edge_monitor.node.jsonl import JsonlWriter
+
+log = structlog.get_logger()
+
+
+class NodeSink:
+    """Fans a monitor's events, states and telemetry out to the log (``log_events``), a JSON-lines file
+    and an MQTT publisher (each optional). Thread-safe: every processing thread writes to the same one."""
+
+    def __init__(self, *, jsonl: str | None = None, publisher=None, log_events: bool = True):  # noqa: ANN001
+        self._lock = threading.Lock()
+        self.publisher = publisher
+        self.log_events = log_events
+        self.jsonl = JsonlWriter(jsonl) if jsonl else None
+
+    def event(self, event: Event) -> None:
+        if self.log_events:
+            _log_event(event)
+        with self._lock:
+            if self.jsonl is not None:
+                self.jsonl.write(event)
+            if self.publisher is not None:
+                self.publisher.publish_event(event)
+
+    def state(self, monitor: str, state: str, score: float | None, threshold: float) -> None:
+        if self.log_events:
+            log.info("state", monitor=monitor, state=state)
+        if self.publisher is not None:
+            with self._lock:
+                self.publisher.publish_state(monitor, state, score, threshold)
+
+    def telemetry(self, monitor: str, values: dict) -> None:
+        if self.publisher is not None:
+            with self._lock:
+                self.publisher.publish_telemetry(monitor, values)
+
+    def rewire(self, *, jsonl: str | None, old_publisher, make_publisher) -> object:  # noqa: ANN001
+        """A reload changed where output goes: under the lock (processing threads wait, their audio waits in
+        the rings), stop the old publisher, start the one ``make_publisher()`` returns (or None), reopen the
+        JSON-lines file. Nothing is written to a closed sink in between. Returns the new publisher."""
+        with self._lock:
+            if old_publisher is not None:
+                old_publisher.stop(timeout=1.0)
+            self.publisher = make_publisher()
+            if self.jsonl is not None:
+                self.jsonl.close()
+            self.jsonl = JsonlWriter(jsonl) if jsonl else None
+            return self.publisher
+
+    def close(self) -> None:
+        with self._lock:
+            if self.jsonl is not None:
+                self.jsonl.close()
+                self.jsonl = None
+
+
+def _log_event(event: Event) -> None:
+    data = event.to_dict()
+    fields = {"monitor": event.monitor, "id": event.id, "position_s": data["audio_position_s"]}
+    if event.health is not None:
+        fields.update(condition=event.health.condition, status=event.health.status,
+                      message=event.health.message, decisions_suspended=event.decisions_suspended)
+        level = "warning" if event.health.status == "bad" else "info"
+    else:
+        fields.update(score=data["score"], threshold=data["threshold"], bands=[b.label() for b in event.bands])
+        if event.anomaly is not None:
+            fields.update(duration_s=data["anomaly"]["duration_s"], peak=data["anomaly"]["peak_score"],
+                          reason=event.anomaly.reason)
+        level = "warning" if event.type == "anomaly_start" else "info"
+    getattr(log, level)(event.type, **fields)
