@@ -73,3 +73,39 @@ def test_evaluate_refuses_a_bad_test_clip(tmp_path):
 def test_version():
     proc = run("--version")
     assert proc.returncode == 0 and proc.stdout.startswith("edge-monitor ")
+
+
+BUG = """
+import sys, types
+from edge_monitor import commands
+boom = types.ModuleType("boom")
+boom.add_arguments = lambda parser: None
+def run(args):
+    return {}["no such key"]  # a bug, as a KeyError from deep inside a command would be
+boom.run = run
+sys.modules["boom"] = boom
+commands.COMMANDS["boom"] = commands.Command("boom", "a command with a bug", "edge-monitor boom")
+sys.exit(commands.main(sys.argv[1:]))
+"""
+
+
+def test_a_bug_exits_70_with_one_line_never_1():
+    """Exit codes scripts can trust: 1 means "anomaly found", so an unexpected error is 70 (EX_SOFTWARE), one
+    line saying it is a bug; the traceback only with --log-level debug. (The bug is planted: there is no
+    other way to have one on purpose.)"""
+    proc = subprocess.run([sys.executable, "-c", BUG, "boom"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 70, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "edge-monitor: internal error (a bug in edge-monitor, please report it): KeyError: 'no such key'; "
+        "run with --log-level debug for the traceback"]
+    debug = subprocess.run([sys.executable, "-c", BUG, "--log-level", "debug", "boom"], capture_output=True,
+                           text=True, timeout=60)
+    assert debug.returncode == 70 and "Traceback (most recent call last)" in debug.stderr
+    assert debug.stderr.strip().splitlines()[-1].startswith("edge-monitor: internal error")
+
+
+def test_help_names_the_exit_codes():
+    proc = run("--help")
+    assert proc.returncode == 0
+    assert "0 nothing found, 1 anomaly found, 2 user error, 70 a bug in edge-" in " ".join(proc.stdout.split())

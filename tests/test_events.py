@@ -53,34 +53,39 @@ def test_ids_sort_by_time_and_event_ids_by_cycle():
     assert iso_ms(1_700_000_000_123) == "2023-11-14T22:13:20.123Z"
 
 
-BROKEN = {
-    "missing_field": lambda e: e.pop("monitor"),
-    "unknown_field": lambda e: e.update(extra=1),
-    "bad_type": lambda e: e.update(type="anomaly_begin"),
-    "bad_schema": lambda e: e.update(schema_version=2),
-    "time_disagrees": lambda e: e.update(time_ms=e["time_ms"] + 5000),
-    "time_format": lambda e: e.update(time="2026-11-22 03:00:00"),
-    "event_id": lambda e: e.update(event_id="x/0"),
-    "no_explanation": lambda e: e.update(explanation=None),
-    "no_anomaly": lambda e: e.update(anomaly=None),
-    "bool_as_number": lambda e: e.update(score=True),
-    "seq_string": lambda e: e.update(seq="7"),
-    "machine_fields": lambda e: e.update(machine={"type": "fan"}),
+BROKEN = {  # case: (damage, the exact problem validate must report — not just "some error")
+    "missing_field": (lambda e: e.pop("monitor"), ["missing field 'monitor'"]),
+    "unknown_field": (lambda e: e.update(extra=1), ["unknown field 'extra'"]),
+    "bad_type": (lambda e: e.update(type="anomaly_begin"),
+                 ["type 'anomaly_begin' is not one of anomaly_start, anomaly_update, anomaly_end, health"]),
+    "bad_schema": (lambda e: e.update(schema_version=2),
+                   ["schema is 'edge-monitor/event' v2, expected 'edge-monitor/event' v1"]),
+    "time_disagrees": (lambda e: e.update(time_ms=e["time_ms"] + 5000), ["time and time_ms disagree"]),
+    "time_format": (lambda e: e.update(time="2026-11-22 03:00:00"),
+                    ["time '2026-11-22 03:00:00' is not ISO 8601 UTC (YYYY-MM-DDTHH:MM:SS.mmmZ)"]),
+    "event_id": (lambda e: e.update(event_id="x/0"), ["event_id does not start with '<id>/'"]),
+    "no_explanation": (lambda e: e.update(explanation=None), ["anomaly_start without an explanation"]),
+    "no_anomaly": (lambda e: e.update(anomaly=None), ["anomaly_start without 'anomaly'"]),
+    "bool_as_number": (lambda e: e.update(score=True), ["field 'score' has type bool"]),
+    "seq_string": (lambda e: e.update(seq="7"), ["field 'seq' must be an integer"]),
+    "machine_fields": (lambda e: e.update(machine={"type": "fan"}),
+                       ["machine must have type and id; model must have name and sha256"]),
 }
 
 
 @pytest.mark.parametrize("case", list(BROKEN))
-def test_broken_events_are_refused(case):
+def test_broken_events_are_refused_with_their_own_problem(case):
     event = copy.deepcopy(anomaly_event())
-    BROKEN[case](event)
-    assert validate(event) != []
+    damage, problems = BROKEN[case]
+    damage(event)
+    assert validate(event) == problems
 
 
 def test_health_event_needs_a_known_condition():
     event = health_event()
     event["health"]["condition"] = "on_fire"
-    assert validate(event) != []
-    assert validate([1, 2]) != []
+    assert validate(event) == ["health condition/status 'on_fire'/'bad' unknown"]
+    assert validate([1, 2]) == ["event must be a JSON object, got list"]
 
 
 def test_readme_documents_every_field():

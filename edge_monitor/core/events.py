@@ -250,7 +250,7 @@ def validate(data: Any) -> list[str]:
             problems.append(f"{data['type']} without an explanation")
         if data["score"] is None or data["threshold"] is None:
             problems.append(f"{data['type']} without score and threshold")
-    else:
+    elif data["type"] == "health":
         health = data["health"]
         if health is None:
             problems.append("health event without 'health'")
