@@ -36,6 +36,7 @@ from edge_monitor.node.settings import (
     Settings,
     TlsSettings,
 )
+from edge_monitor.node.settings import HomeAssistantSettings, SparkplugSettings  # SCADA block, end of file
 
 VERSION = 1
 """The only config format version; ``version:`` may be left out."""
@@ -363,6 +364,48 @@ _AFTER: dict[type, Callable[[object, _At], None]] = {
     AudioSettings: _after_audio,
     MqttSettings: _after_mqtt,
 }
+
+# ---------------------------------------------------------------- SCADA: sparkplug: and homeassistant: (issue 12)
+# Self-contained: the schema entries, the cross-field checks, and one line each in _SCHEMA[Settings] / _AFTER.
+
+_TOPIC_LEVEL = _text(r"[^/+#\x00]+", "a non-empty MQTT topic level without '/', '+' or '#'")
+
+_SCHEMA[SparkplugSettings] = {
+    "enabled": _bool,
+    "group_id": _TOPIC_LEVEL,
+    "edge_node_id": _text(r"[^/+#\x00]+", "null or a non-empty MQTT topic level without '/', '+' or '#'",
+                          null=True),
+    "client_id": _text(r"\S+", "a client id without spaces", null=True),
+    "primary_host_id": _text(r"[^/+#\x00]+", "a non-empty MQTT topic level without '/', '+' or '#'", null=True),
+    "host_state": _choice("3.0", "legacy"),
+    "heartbeat_seconds": _number(1),
+    "deadband": _number(0, 1),
+    "queue_max": _number(10, integer=True),
+    "state_dir": _path(),
+    "history_max": _number(10, integer=True),
+}
+_SCHEMA[HomeAssistantSettings] = {
+    "enabled": _bool,
+    "discovery_prefix": _text(r"[^/+#\x00]([^+#\x00]*[^/+#\x00])?",
+                              "a non-empty topic prefix without '+', '#' or a leading or trailing '/'"),
+    "client_id": _text(r"\S+", "a client id without spaces", null=True),
+}
+_SCHEMA[Settings].update(sparkplug=_section(SparkplugSettings), homeassistant=_section(HomeAssistantSettings))
+
+
+def _after_settings(s: Settings, at: _At) -> None:
+    if s.homeassistant.enabled and not s.mqtt.enabled:
+        raise at.key("homeassistant").key("enabled").fail(
+            "Home Assistant discovery describes the JSON topics: set mqtt.enabled: true too", True)
+    sp = s.sparkplug
+    if sp.enabled and sp.client_id is not None and sp.client_id == (s.mqtt.client_id or f"edge-monitor-{s.node}"):
+        raise at.key("sparkplug").key("client_id").fail("must differ from the JSON session's client id",
+                                                       sp.client_id)
+
+
+_AFTER[Settings] = _after_settings
+# ---------------------------------------------------------------- end of the SCADA block
+
 
 _REQUIRED = {cls: {f.name for f in dataclasses.fields(cls)
                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}

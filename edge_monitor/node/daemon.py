@@ -64,9 +64,10 @@ MAX_RING_RATE = 48_000     # rings are sized for this rate in case a device must
 class Sink:
     """Where a monitor's output goes: the log, the JSON-lines file, MQTT. Thread-safe."""
 
-    def __init__(self, settings: Settings, publisher):
+    def __init__(self, settings: Settings, publisher, scada: list | None = None):
         self._lock = threading.Lock()
         self.publisher = publisher
+        self.scada = scada or []  # Sparkplug, Home Assistant (node/scada.py): each never blocks
         self.jsonl = JsonlWriter(settings.events_jsonl) if settings.events_jsonl else None
 
     def event(self, event: Event) -> None:
@@ -89,19 +90,31 @@ class Sink:
                 self.jsonl.write(event)
             if self.publisher is not None:
                 self.publisher.publish_event(event)
+        for sink in self.scada:
+            sink.event(event)
 
     def state(self, monitor: str, state: str, score: float | None, threshold: float) -> None:
         log.info("state", monitor=monitor, state=state)
         if self.publisher is not None:
             with self._lock:
                 self.publisher.publish_state(monitor, state, score, threshold)
+        for sink in self.scada:
+            sink.state(monitor, state, score, threshold)
 
     def telemetry(self, monitor: str, values: dict) -> None:
         if self.publisher is not None:
             with self._lock:
                 self.publisher.publish_telemetry(monitor, values)
+        for sink in self.scada:
+            sink.telemetry(monitor, values)
+
+    def device(self, monitor: str, ok: bool) -> None:
+        for sink in self.scada:
+            sink.device(monitor, ok)
 
     def close(self) -> None:
+        for sink in self.scada:
+            sink.stop()
         if self.jsonl is not None:
             self.jsonl.close()
 
@@ -325,7 +338,9 @@ class Daemon:
                         for m in self.settings.monitors]
             self.publisher = Publisher(mq, self.settings.node, monitors=monitors)
             self.publisher.start()
-        self.sink = Sink(self.settings, self.publisher)
+        from edge_monitor.node.scada import start_scada
+
+        self.sink = Sink(self.settings, self.publisher, start_scada(self.settings, self.bundles, self.publisher))
 
     def _start_group(self, key: str, group: DeviceGroup) -> None:
         from edge_monitor.node.mic import Capture
@@ -370,6 +385,8 @@ class Daemon:
                 for name, _ch in self.groups[key].channels:
                     if name in self.runners:
                         self.runners[name].device(ok, message)
+                        if self.sink is not None:
+                            self.sink.device(name, ok)
 
     def healthy(self) -> bool:
         now = time.monotonic()
@@ -418,6 +435,7 @@ class Daemon:
         self._configure_logging()
         kept, restarted = [], []
         if settings.mqtt != old.mqtt or settings.node != old.node or settings.events_jsonl != old.events_jsonl or \
+                (settings.sparkplug, settings.homeassistant) != (old.sparkplug, old.homeassistant) or \
                 [m.name for m in settings.monitors] != [m.name for m in old.monitors]:
             # the publisher's identity changed: runners must write to the new sink
             for key in list(self.captures):

@@ -67,9 +67,42 @@ class Settings:
     events_jsonl: str | None = None      # also append every event to this file as JSON lines
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     source: str | None = None            # the file these settings were read from
+    # SCADA (issue 12): the classes are at the end of this file
+    sparkplug: SparkplugSettings = field(default_factory=lambda: SparkplugSettings())
+    homeassistant: HomeAssistantSettings = field(default_factory=lambda: HomeAssistantSettings())
 
     def monitor(self, name: str) -> MonitorSettings:
         for m in self.monitors:
             if m.name == name:
                 return m
         raise KeyError(name)
+
+
+# ---------------------------------------------------------------- SCADA: Sparkplug B and Home Assistant (issue 12)
+# Self-contained block: the config schema for these is the matching block at the end of config.py.
+
+@dataclass(frozen=True)
+class SparkplugSettings:
+    """The Sparkplug B 3.0 edge node. It talks to the broker of ``mqtt:`` (host, port, TLS, login) in a
+    session of its own (clean session, QoS 0 data, nothing retained); ``mqtt.enabled`` is not needed."""
+
+    enabled: bool = False
+    group_id: str = "edge-monitor"       # Sparkplug group (one topic level: no '/', '+', '#')
+    edge_node_id: str | None = None      # None → the node's name
+    client_id: str | None = None         # None → "edge-monitor-<node>-spb"; must differ from mqtt.client_id
+    primary_host_id: str | None = None   # birth only while this host's STATE says online; None = do not wait
+    host_state: str = "3.0"              # "3.0": spBv1.0/STATE/<host> (JSON); "legacy": STATE/<host> (ONLINE/OFFLINE)
+    heartbeat_seconds: float = 60.0      # DDATA with every changing metric at least this often (report by exception otherwise)
+    deadband: float = 0.05               # a Double metric is re-sent when it moved more than this fraction of the threshold (score) or 0.5 dB (level)
+    queue_max: int = 10_000              # calls waiting for the session thread; more are dropped and counted
+    state_dir: str = "/var/lib/edge-monitor/sparkplug"  # bdSeq and the store-and-forward outbox
+    history_max: int = 10_000            # anomaly transitions kept while the broker is away (oldest go first, counted)
+
+
+@dataclass(frozen=True)
+class HomeAssistantSettings:
+    """Home Assistant MQTT discovery of the JSON topics (needs ``mqtt.enabled``)."""
+
+    enabled: bool = False
+    discovery_prefix: str = "homeassistant"
+    client_id: str | None = None         # None → "edge-monitor-<node>-ha"
