@@ -356,3 +356,42 @@ def test_defaults_are_off_and_the_example_config_parses():
     settings = load(HERE.parent / "config.yaml")
     assert settings.sparkplug.enabled is False and settings.homeassistant.enabled is False
     assert settings.sparkplug.group_id == "edge-monitor"
+
+
+# ---------------------------------------------------------------- through the daemon, with a real microphone path
+
+from pulse import have_pulseaudio  # noqa: E402
+from test_daemon import NODE, clips, node_factory  # noqa: E402,F401 (pytest fixtures)
+
+
+@pytest.mark.skipif(not have_pulseaudio(), reason="pulseaudio is not installed")
+def test_daemon_device_loss_is_ddeath_then_dbirth_and_json_topics_are_unaffected(node_factory, codec, tmp_path,  # noqa: F811
+                                                                                  clips):  # noqa: F811
+    extra = f"sparkplug:\n  enabled: true\n  group_id: {G}\n  state_dir: {tmp_path / 'spb'}\n"
+    node = node_factory(extra=extra)
+    host = Host(node.broker.port, codec)
+    try:
+        # the birth went out before this host subscribed: ask for a rebirth, as a host does
+        host.sub.client.publish(f"spBv1.0/{G}/NCMD/{NODE}", codec.encode(
+            {"timestamp": now_ms(), "metrics": [{"name": "Node Control/Rebirth", "type": "Boolean", "value": True}]}))
+        birth = metrics(host.wait("DBIRTH", device="fan-1", timeout=10)[0])
+        assert birth["Machine/Type"]["value"] == "fan" and birth["State"]["value"] in ("normal", "unknown")
+        node.pulse.play(clips[1])  # the faulty sound: the Boolean goes true
+        ddata = host.sub.wait_for(lambda ms: any("/DDATA/" in m.topic and metrics(codec.decode(m.payload)).get(
+            "Anomaly/Active", {}).get("value") is True for m in ms), 20)
+        assert ddata, node.output()
+        node.pulse.unload_source()
+        host.wait("DDEATH", device="fan-1", timeout=20)
+        node.pulse.reload_source()
+        host.wait("DBIRTH", 2, device="fan-1", timeout=40)
+        # the JSON topics are as before: JSON payloads only, the device loss is a health event there
+        assert node.sub.wait_for(lambda ms: any(m.topic.endswith("/event") and m.json()["type"] == "health"
+                                                and m.json()["health"]["condition"] == "sensor_fault" for m in ms), 5)
+        assert all(m.topic.startswith(f"edge-monitor/{NODE}/") for m in node.sub.messages)
+        assert all(isinstance(m.json(), dict) for m in node.sub.messages)
+        assert {m.topic.rsplit("/", 1)[1] for m in node.sub.messages} >= {"status", "state", "event", "telemetry"}
+        node.proc.send_signal(signal.SIGTERM)
+        assert node.proc.wait(10) == 0, node.output()
+        host.wait("NDEATH")
+    finally:
+        host.close()
