@@ -34,7 +34,7 @@ def npm_install(folder: Path, spec: str, timeout: float = 900) -> Path | None:
         return None
     folder.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--omit=dev", "--prefix", str(folder), spec],
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, check=False)
     if proc.returncode != 0:
         print(f"npm install {spec} failed:\n{proc.stderr[-2000:]}")
         return None

@@ -14,7 +14,11 @@ from mqtt_helpers import MOSQUITTO, Broker, Subscriber, make_event
 from edge_monitor.node.config import ConfigError, parse
 from edge_monitor.node.homeassistant import HomeAssistant
 from edge_monitor.node.mqtt.publisher import Publisher
-from edge_monitor.node.settings import HomeAssistantSettings, MqttSettings, OutboxSettings
+from edge_monitor.node.settings import (
+    HomeAssistantSettings,
+    MqttSettings,
+    OutboxSettings,
+)
 
 pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed (apt-get install mosquitto)")
 jinja2 = pytest.importorskip("jinja2")

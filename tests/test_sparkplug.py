@@ -4,6 +4,7 @@ JavaScript ``sparkplug-payload``, see ``sparkplug_helpers.py``); the test plays 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -163,7 +164,7 @@ def test_seq_runs_mod_256_over_more_than_256_messages(host, node):
     host.wait("DDATA", 300)
     seqs = [p["seq"] for _, p in host.messages() if "/NDEATH/" not in _]
     assert len(seqs) == 303 and seqs[0] == 0
-    assert all(b == (a + 1) % 256 for a, b in zip(seqs, seqs[1:])), seqs
+    assert all(b == (a + 1) % 256 for a, b in itertools.pairwise(seqs)), seqs
     assert 255 in seqs and seqs.count(0) == 2
 
 
@@ -360,8 +361,8 @@ def test_defaults_are_off_and_the_example_config_parses():
 
 # ---------------------------------------------------------------- through the daemon, with a real microphone path
 
-from pulse import have_pulseaudio  # noqa: E402
-from test_daemon import NODE, clips, node_factory  # noqa: E402,F401 (pytest fixtures)
+from pulse import have_pulseaudio
+from test_daemon import NODE, clips, node_factory  # noqa: F401 (pytest fixtures)
 
 
 @pytest.mark.skipif(not have_pulseaudio(), reason="pulseaudio is not installed")

@@ -29,14 +29,15 @@ from edge_monitor.node.settings import (
     AudioSettings,
     DecisionSettings,
     HealthSettings,
+    HomeAssistantSettings,
     LoggingSettings,
     MonitorSettings,
     MqttSettings,
     OutboxSettings,
     Settings,
+    SparkplugSettings,
     TlsSettings,
 )
-from edge_monitor.node.settings import HomeAssistantSettings, SparkplugSettings  # SCADA block, end of file
 
 VERSION = 1
 """The only config format version; ``version:`` may be left out."""

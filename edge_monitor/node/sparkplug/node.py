@@ -412,10 +412,9 @@ class SparkplugNode:
             self._subscribed = True
             if self._host_online:
                 self._birth()
-        elif kind == "rebirth":
-            if self._subscribed and self._host_online:
-                log.info("sparkplug rebirth requested by NCMD")
-                self._birth()
+        elif kind == "rebirth" and self._subscribed and self._host_online:
+            log.info("sparkplug rebirth requested by NCMD")
+            self._birth()
         elif kind == "host":
             _, online, stamp = c
             if stamp and stamp < self._host_stamp:
@@ -575,9 +574,8 @@ class SparkplugNode:
             for k, v in changes.items():
                 d.values[k] = v
                 d.stamps[k] = event.time_ms
-            if self._born and d.born:
-                if self._send_ddata(d, list(changes), force=True):
-                    return
+            if self._born and d.born and self._send_ddata(d, list(changes)):
+                return
             # no live session for this device: keep the transition for the next birth (store and forward)
             assert self._history is not None
             rows = [[k, v, event.time_ms] for k, v in changes.items()]
@@ -611,7 +609,7 @@ class SparkplugNode:
             limit = max(limit * 0.01, 1e-6)  # a fraction: 5 % of 1 % clipping
         return abs(new - old) > limit
 
-    def _send_ddata(self, d: _Device, names: list[str], *, force: bool = False) -> bool:
+    def _send_ddata(self, d: _Device, names: list[str]) -> bool:
         if not names:
             return True
         metrics = [Metric(n, DEVICE_METRICS[n][0], d.values[n], d.stamps.get(n)) for n in names]

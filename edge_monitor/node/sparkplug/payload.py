@@ -105,7 +105,7 @@ def decode(data: bytes) -> Decoded:
     payload = Payload()
     try:
         payload.ParseFromString(data)
-    except Exception as exc:  # google.protobuf.message.DecodeError and friends
+    except Exception as exc:  # noqa: BLE001 (DecodeError, and RuntimeWarning-like errors of the C parser)
         raise PayloadError(f"not a Sparkplug B payload ({exc})") from None
     metrics = []
     for pm in payload.metrics:
