@@ -156,6 +156,21 @@ def test_nbirth_then_dbirth_with_every_metric_and_datatype(host, node):
     assert set(second) == {"Health/Level", "Health/Clip Fraction"}
 
 
+def test_heartbeat_repeats_the_changing_metrics_without_a_change(broker, host, tmp_path):
+    node = make_node(broker, tmp_path, heartbeat_seconds=1.0)
+    try:
+        node.start()
+        host.wait("DBIRTH", 2)
+        node.state("fan-1", "normal", 0.3, 0.8)
+        host.wait("DDATA", device="fan-1")
+        beats = host.wait("DDATA", 3, device="fan-1", timeout=5)  # nothing changed: heartbeats only
+        beat = metrics(beats[-1])
+        assert beat["State"]["value"] == "normal" and beat["Decision/Score"]["value"] == 0.3
+        assert "Machine/Type" not in beat  # the constant ones are in the birth only
+    finally:
+        node.stop()
+
+
 def test_seq_runs_mod_256_over_more_than_256_messages(host, node):
     node.start()
     host.wait("DBIRTH", 2)
@@ -349,6 +364,13 @@ def test_bad_sparkplug_ids_are_config_errors(tmp_path, key, value):
     with pytest.raises(ConfigError) as info:
         parse(data, base_dir=tmp_path, source="config.yaml")
     assert str(info.value).startswith(f"config.yaml: sparkplug.{key}: expected") and "\n" not in str(info.value)
+
+
+def test_sparkplug_client_id_must_differ_from_the_json_one(tmp_path):
+    data = {"node": "n1", "monitors": [{"name": "fan-1", "model": "m"}],
+            "sparkplug": {"enabled": True, "client_id": "edge-monitor-n1"}}
+    with pytest.raises(ConfigError, match=r"^config.yaml: sparkplug.client_id: must differ from the JSON session"):
+        parse(data, base_dir=tmp_path, source="config.yaml")
 
 
 def test_defaults_are_off_and_the_example_config_parses():
