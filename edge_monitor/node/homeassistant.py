@@ -45,7 +45,7 @@ from edge_monitor.node.settings import HomeAssistantSettings, MqttSettings
 
 log = structlog.get_logger()
 
-ORIGIN = {"name": "edge-monitor", "sw": __version__, "url": "https://github.com/edge-monitor/edge-monitor"}
+ORIGIN = {"name": "edge-monitor", "sw": __version__}
 
 
 def discovery_config(node: str, prefix: str, monitors: list[tuple[str, Bundle | None]],
