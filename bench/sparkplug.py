@@ -64,6 +64,7 @@ class Rig:
         self.node.start()
         self.sink = Sink(self.settings, self.publisher, [self.node])
         self.monitor = Monitor(self.settings.monitors[0], bundle, node=name, source="bench", live=True)
+        self.started_at: list[float] = []  # perf_counter when each anomaly_start left the Monitor
 
     def run(self, audio: np.ndarray, seconds: float, telemetry_s: float, on_block=None) -> None:
         """Feed ``seconds`` of ``audio`` (looped) paced as live, as the daemon's Runner does."""
@@ -79,6 +80,8 @@ class Rig:
             if on_block is not None:
                 on_block(i)
             for event in self.monitor.process(chunk):
+                if event.type == "anomaly_start":
+                    self.started_at.append(time.perf_counter())
                 self.sink.event(event)
             if self.monitor.state != before:
                 self.sink.state("fan-1", self.monitor.state, self.monitor.detector.last_score,
@@ -142,7 +145,7 @@ def main() -> None:
                     print(f"{scenario:<10} {key:<16} {n * scale:>9.0f} {size * scale / 1000:>9.1f}")
             # latency: normal sound, then the fault starts
             rig = Rig(broker, root, "bench-latency", args.heartbeat)
-            latencies = []
+            latencies, hops = [], []
             for _ in range(args.faults):
                 rig.run(normal, 12.0, args.telemetry)
                 onset: list[float] = []
@@ -157,12 +160,17 @@ def main() -> None:
                         and any(x.name == "Anomaly/Active" and x.value is True for x in decode(m.payload).metrics)]
                 if hits:
                     latencies.append(hits[0] - onset[0])
+                    if rig.started_at:
+                        hops.append(hits[0] - rig.started_at[-1])
                 rig.run(normal, 15.0, args.telemetry)  # recover (hysteresis, cooldown)
             rig.close()
             shown = ", ".join(f"{x:.2f}" for x in latencies)
             if latencies:
                 print(f"fault onset → DDATA Anomaly/Active=true on loopback: median {statistics.median(latencies):.2f} s "
                       f"over {len(latencies)} faults ({shown} s)")
+                if hops:
+                    print(f"  of which anomaly_start event → DDATA received: median "
+                          f"{1000 * statistics.median(hops):.1f} ms (the rest is the decision: k of n, min duration)")
             else:
                 print("fault onset → DDATA: no anomaly detected in the latency runs")
         finally:

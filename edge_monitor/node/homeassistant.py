@@ -17,7 +17,7 @@ configured is removed: its components are published once with only their platfor
 the documented way to remove a component of a device. ``remove()`` publishes the empty payload that
 removes the whole device.
 
-Its own small MQTT session (``mqtt:`` connection settings, client id ``<node>-ha``); nothing here is
+Its own small MQTT session (``mqtt:`` connection settings, client id ``edge-monitor-<node>-ha``); nothing here is
 on the audio path: ``event``/``state``/``telemetry``/``device`` are no-ops (Home Assistant reads the JSON
 topics directly).
 """
