@@ -16,10 +16,11 @@ if [ ! -x .venv/bin/python ]; then "$PYTHON" -m venv .venv; fi
 if [ ! -x .venv-tflite/bin/python ]; then "$PYTHON" -m venv .venv-tflite; fi
 .venv-tflite/bin/python -m pip install --quiet --upgrade pip
 .venv-tflite/bin/python -m pip install --quiet 'numpy<2' scipy pyyaml structlog paho-mqtt sounddevice tflite-runtime \
-  pytest
+  'protobuf>=7.35.1' pytest
 .venv-tflite/bin/python -m pip install --quiet --no-deps -e .
 # the sensor-node tests (no TensorFlow, no librosa) with tflite-runtime forced, on numpy 1.x:
 # the pipeline, replay and the daemon end to end (PulseAudio, mosquitto) as a Pi with tflite-runtime runs them
 EDGE_MONITOR_TFLITE=tflite_runtime .venv-tflite/bin/python -m pytest -p no:cacheprovider \
   tests/test_interpreters.py tests/test_cli.py tests/test_audio.py tests/test_data.py tests/test_synth.py \
-  tests/test_pipeline.py tests/test_detector.py tests/test_replay.py tests/test_ring.py tests/test_daemon.py
+  tests/test_pipeline.py tests/test_detector.py tests/test_replay.py tests/test_ring.py tests/test_daemon.py \
+  tests/test_sparkplug.py

@@ -24,6 +24,7 @@ oldest samples, the MQTT outbox has ``max_messages``.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import threading
 import time
@@ -256,19 +257,28 @@ class Daemon:
         self._shutdown("shutdown")
         return 0
 
-    def _new_publisher(self):  # noqa: ANN202
-        mq = self.settings.mqtt
-        if not mq.enabled:
-            return None
-        from edge_monitor.node.mqtt.publisher import Publisher
+    def _new_outputs(self) -> tuple[object, list]:
+        """The MQTT publisher (or None) and the SCADA sinks (Sparkplug B, Home Assistant) the settings enable."""
+        from edge_monitor.node.scada import start_scada
 
-        publisher = Publisher(mq, self.settings.node, monitors=self._monitor_list())
-        publisher.start()
-        return publisher
+        mq = self.settings.mqtt
+        publisher = None
+        if mq.enabled:
+            from edge_monitor.node.mqtt.publisher import Publisher
+
+            publisher = Publisher(mq, self.settings.node, monitors=self._monitor_list())
+            publisher.start()
+        try:
+            scada = start_scada(self.settings, self.bundles, publisher)
+        except BaseException:
+            if publisher is not None:
+                publisher.stop(timeout=1.0)
+            raise
+        return publisher, scada
 
     def _start_publisher(self) -> None:
-        self.publisher = self._new_publisher()
-        self.sink = NodeSink(jsonl=self.settings.events_jsonl, publisher=self.publisher)
+        self.publisher, scada = self._new_outputs()
+        self.sink = NodeSink(jsonl=self.settings.events_jsonl, publisher=self.publisher, scada=scada)
 
     def _build_monitors(self, settings: Settings, bundles: dict[str, Bundle], groups: dict[str, DeviceGroup],
                         names: set[str]) -> dict[str, Monitor]:
@@ -329,6 +339,8 @@ class Daemon:
                 for name, _ch in self.groups[key].channels:
                     if name in self.runners:
                         self.runners[name].device(ok, message)
+                        if self.sink is not None:
+                            self.sink.device(name, ok)
 
     def healthy(self) -> bool:
         now = time.monotonic()
@@ -393,6 +405,14 @@ class Daemon:
                 ssl_context(settings.mqtt.tls)
         if settings.events_jsonl and settings.events_jsonl != self.settings.events_jsonl:
             NodeSink(jsonl=settings.events_jsonl).close()  # can it be opened?
+        if settings.sparkplug.enabled:  # where bdSeq and the store-and-forward outbox will live
+            state_dir = Path(settings.sparkplug.state_dir)
+            try:
+                state_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UserError(f"sparkplug.state_dir {state_dir}: cannot create it ({exc.strerror})") from None
+            if not os.access(state_dir, os.W_OK):
+                raise UserError(f"sparkplug.state_dir {state_dir}: not writable by this user")
         kept, fresh = [], set()
         for key, group in groups.items():
             for name, _ch in group.channels:
@@ -408,11 +428,13 @@ class Daemon:
         old, settings = self.settings, change.settings
         self.settings, self.bundles = settings, change.bundles
         self._configure_logging()
-        if settings.mqtt != old.mqtt or settings.node != old.node or settings.events_jsonl != old.events_jsonl:
+        names_changed = [m.name for m in settings.monitors] != [m.name for m in old.monitors]
+        if (settings.mqtt != old.mqtt or settings.node != old.node or settings.events_jsonl != old.events_jsonl
+                or (settings.sparkplug, settings.homeassistant) != (old.sparkplug, old.homeassistant)
+                or (names_changed and (settings.sparkplug.enabled or settings.homeassistant.enabled))):
             assert self.sink is not None  # runners keep writing to the same NodeSink: rewire what it feeds
-            self.publisher = self.sink.rewire(jsonl=settings.events_jsonl, old_publisher=self.publisher,
-                                              make_publisher=self._new_publisher)
-        elif self.publisher is not None and [m.name for m in settings.monitors] != [m.name for m in old.monitors]:
+            self.publisher = self.sink.rewire(jsonl=settings.events_jsonl, make_outputs=self._new_outputs)
+        elif self.publisher is not None and names_changed:
             self.publisher.announce(self._monitor_list())
         for key in list(self.groups):
             if key not in change.groups or change.groups[key] != self.groups[key]:
@@ -443,8 +465,12 @@ class Daemon:
         for key in list(self.captures):
             if key not in change.old_groups or change.old_groups[key] != change.groups.get(key):
                 self._stop_group(key, "reload")
+        rewired = self.settings.mqtt != change.old_settings.mqtt or self.settings.node != change.old_settings.node \
+            or self.settings.events_jsonl != change.old_settings.events_jsonl or self.publisher is None
         self.settings, self.bundles, self.groups = change.old_settings, change.old_bundles, change.old_groups
         self._configure_logging()
+        if rewired and self.sink is not None:
+            self.publisher = self.sink.rewire(jsonl=self.settings.events_jsonl, make_outputs=self._new_outputs)
         missing = {name for key, g in self.groups.items() if key not in self.captures for name, _ch in g.channels}
         monitors = self._build_monitors(self.settings, self.bundles, self.groups, missing)
         for key, group in self.groups.items():

@@ -100,6 +100,42 @@ class LoggingSettings(Validated):
     format: str = setting("auto", choice("auto", "console", "json"))  # auto: JSON under systemd
 
 
+# ---------------------------------------------------------------- SCADA: Sparkplug B and Home Assistant (issue 12)
+
+_TOPIC_LEVEL = text(r"[^/+#\x00]+", "a non-empty MQTT topic level without '/', '+' or '#'", max_length=200)
+
+
+@dataclass(frozen=True)
+class SparkplugSettings(Validated):
+    """The Sparkplug B 3.0 edge node. It talks to the broker of ``mqtt:`` (host, port, TLS, login) in a
+    session of its own (clean session, QoS 0 data, nothing retained); ``mqtt.enabled`` is not needed."""
+
+    enabled: bool = setting(False, boolean)
+    group_id: str = setting("edge-monitor", _TOPIC_LEVEL)     # Sparkplug group (one topic level)
+    edge_node_id: str | None = setting(None, text(r"[^/+#\x00]+", "null or a non-empty MQTT topic level without "
+                                                  "'/', '+' or '#'", null=True, max_length=200))  # None: the node's name
+    client_id: str | None = setting(None, text(r"\S+", "a client id without spaces", null=True, max_length=200))
+    primary_host_id: str | None = setting(None, text(r"[^/+#\x00]+", "a non-empty MQTT topic level without '/', "
+                                                     "'+' or '#'", null=True, max_length=200))  # birth only while online
+    host_state: str = setting("3.0", choice("3.0", "legacy"))  # "3.0": spBv1.0/STATE/<host> JSON; legacy: STATE/<host>
+    heartbeat_seconds: float = setting(60.0, number(1, 86400))  # every changing metric at least this often
+    deadband: float = setting(0.05, number(0, 1))  # a Double re-sent when it moved this fraction of the threshold
+    queue_max: int = setting(10_000, number(10, 1_000_000, integer=True))  # waiting calls; more dropped, counted
+    state_dir: str = setting("/var/lib/edge-monitor/sparkplug", path())  # bdSeq and the store-and-forward outbox
+    history_max: int = setting(10_000, number(10, 1_000_000, integer=True))  # transitions kept while the broker is away
+
+
+@dataclass(frozen=True)
+class HomeAssistantSettings(Validated):
+    """Home Assistant MQTT discovery of the JSON topics (needs ``mqtt.enabled``)."""
+
+    enabled: bool = setting(False, boolean)
+    discovery_prefix: str = setting("homeassistant", text(r"[^/+#\x00]([^+#\x00]*[^/+#\x00])?",
+                                                          "a non-empty topic prefix without '+', '#' or a leading "
+                                                          "or trailing '/'", max_length=200))
+    client_id: str | None = setting(None, text(r"\S+", "a client id without spaces", null=True, max_length=200))
+
+
 @dataclass(frozen=True)
 class Settings(Validated):
     node: str = setting(check=name)
@@ -108,6 +144,8 @@ class Settings(Validated):
     mqtt: MqttSettings = setting(factory=MqttSettings, section=MqttSettings)
     events_jsonl: str | None = setting(None, path(null=True))  # also append every event to this file as JSON lines
     logging: LoggingSettings = setting(factory=LoggingSettings, section=LoggingSettings)
+    sparkplug: SparkplugSettings = setting(factory=SparkplugSettings, section=SparkplugSettings)  # SCADA (issue 12)
+    homeassistant: HomeAssistantSettings = setting(factory=HomeAssistantSettings, section=HomeAssistantSettings)
     source: str | None = None            # the file these settings were read from (not a config key)
 
     def _check_fields(self, at: At) -> None:
@@ -119,9 +157,17 @@ class Settings(Validated):
                 raise at.key("monitors").item(i).key("name").fail(
                     f"duplicate monitor name (monitors[{first[monitor.name]}] has it)", monitor.name)
             first[monitor.name] = i
+        if self.homeassistant.enabled and not self.mqtt.enabled:
+            raise at.key("homeassistant").key("enabled").fail(
+                "Home Assistant discovery describes the JSON topics: set mqtt.enabled: true too", True)
+        sp = self.sparkplug
+        if sp.enabled and sp.client_id is not None and sp.client_id == (self.mqtt.client_id or f"edge-monitor-{self.node}"):
+            raise at.key("sparkplug").key("client_id").fail("must differ from the JSON session's client id",
+                                                           sp.client_id)
 
     def monitor(self, name: str) -> MonitorSettings:
         for m in self.monitors:
             if m.name == name:
                 return m
         raise KeyError(name)
+

@@ -13,13 +13,16 @@ log = structlog.get_logger()
 
 
 class NodeSink:
-    """Fans a monitor's events, states and telemetry out to the log (``log_events``), a JSON-lines file
-    and an MQTT publisher (each optional). Thread-safe: every processing thread writes to the same one."""
+    """Fans a monitor's events, states and telemetry out to the log (``log_events``), a JSON-lines file,
+    an MQTT publisher and the SCADA sinks (Sparkplug B, Home Assistant: ``node/scada.py``; each never
+    blocks), all optional. Thread-safe: every processing thread writes to the same one."""
 
-    def __init__(self, *, jsonl: str | None = None, publisher=None, log_events: bool = True):  # noqa: ANN001
+    def __init__(self, *, jsonl: str | None = None, publisher=None, log_events: bool = True,  # noqa: ANN001
+                 scada: list | None = None):
         self._lock = threading.Lock()
         self.publisher = publisher
         self.log_events = log_events
+        self.scada = list(scada or [])
         self.jsonl = JsonlWriter(jsonl) if jsonl else None
 
     def event(self, event: Event) -> None:
@@ -30,27 +33,45 @@ class NodeSink:
                 self.jsonl.write(event)
             if self.publisher is not None:
                 self.publisher.publish_event(event)
+            scada = self.scada
+        for sink in scada:
+            sink.event(event)
 
     def state(self, monitor: str, state: str, score: float | None, threshold: float) -> None:
         if self.log_events:
             log.info("state", monitor=monitor, state=state)
-        if self.publisher is not None:
-            with self._lock:
+        with self._lock:
+            if self.publisher is not None:
                 self.publisher.publish_state(monitor, state, score, threshold)
+            scada = self.scada
+        for sink in scada:
+            sink.state(monitor, state, score, threshold)
 
     def telemetry(self, monitor: str, values: dict) -> None:
-        if self.publisher is not None:
-            with self._lock:
-                self.publisher.publish_telemetry(monitor, values)
-
-    def rewire(self, *, jsonl: str | None, old_publisher, make_publisher) -> object:  # noqa: ANN001
-        """A reload changed where output goes: under the lock (processing threads wait, their audio waits in
-        the rings), stop the old publisher, start the one ``make_publisher()`` returns (or None), reopen the
-        JSON-lines file. Nothing is written to a closed sink in between. Returns the new publisher."""
         with self._lock:
-            if old_publisher is not None:
-                old_publisher.stop(timeout=1.0)
-            self.publisher = make_publisher()
+            if self.publisher is not None:
+                self.publisher.publish_telemetry(monitor, values)
+            scada = self.scada
+        for sink in scada:
+            sink.telemetry(monitor, values)
+
+    def device(self, monitor: str, ok: bool) -> None:
+        """A monitor's device was lost (False) or is back (True): Sparkplug's DDEATH / DBIRTH."""
+        for sink in self.scada:
+            sink.device(monitor, ok)
+
+    def rewire(self, *, jsonl: str | None, make_outputs) -> object:  # noqa: ANN001
+        """A reload changed where output goes: under the lock (processing threads wait, their audio waits in
+        the rings), stop the old publisher and SCADA sinks, start what ``make_outputs()`` returns
+        (publisher or None, SCADA sinks), reopen the JSON-lines file. Nothing is written to a closed sink in
+        between. Returns the new publisher."""
+        with self._lock:
+            for sink in self.scada:
+                sink.stop()
+            if self.publisher is not None:
+                self.publisher.stop(timeout=1.0)
+            self.publisher, self.scada = None, []
+            self.publisher, self.scada = make_outputs()  # if it raises, the sink writes nowhere until the next rewire
             if self.jsonl is not None:
                 self.jsonl.close()
             self.jsonl = JsonlWriter(jsonl) if jsonl else None
@@ -58,6 +79,9 @@ class NodeSink:
 
     def close(self) -> None:
         with self._lock:
+            for sink in self.scada:
+                sink.stop()
+            self.scada = []
             if self.jsonl is not None:
                 self.jsonl.close()
                 self.jsonl = None
