@@ -34,7 +34,7 @@ def test_daemon_with_a_full_disk_keeps_deciding_writing_jsonl_and_pinging_the_wa
     node = node_factory()
     assert node.sub.wait_for(lambda ms: any(m.topic.endswith("/status") and m.json()["state"] == "online"
                                             for m in ms), 10)
-    node.broker.kill()  # nothing leaves the outbox now: it has to grow, and cannot
+    node.broker.stop()  # nothing leaves the outbox now: it has to grow, and cannot
     state_fs.fill()
     deadline = time.monotonic() + 30  # telemetry every second: the outbox outgrows its free pages quickly
     while time.monotonic() < deadline and "mqtt outbox storage problem" not in node.output() \

@@ -24,7 +24,7 @@ from edge_monitor.commands.mqtt_test import add_arguments as add_test_arguments
 from edge_monitor.commands.mqtt_test import run as run_test
 from edge_monitor.core.errors import UserError
 from edge_monitor.node.mqtt.connection import parse_url, redact_url
-from edge_monitor.node.mqtt.outbox import SEQ_STEP, Outbox, StorageState
+from edge_monitor.node.mqtt.outbox import OPEN_RETRY_SECONDS, SEQ_STEP, Outbox, StorageError, StorageState
 from edge_monitor.node.mqtt.publisher import Publisher
 from edge_monitor.node.settings import MqttSettings, OutboxSettings
 from edge_monitor.node.statedir import write_atomic
@@ -122,7 +122,7 @@ def test_full_disk_costs_only_what_cannot_be_stored_and_queuing_resumes(tmp_path
             for n in range(3):
                 pub.publish_event(make_event(n))
             assert sub.wait_for(lambda ms: len(unique_events(sub)) == 3)
-            broker.kill()  # from here the outbox must grow: nothing leaves it
+            broker.stop()  # from here the outbox must grow: nothing leaves it (SIGTERM: sessions saved)
             fs.fill()
             for n in range(3, 400):  # the caller (the daemon's processing thread) never sees an exception
                 pub.publish_event(make_event(n))
@@ -175,6 +175,7 @@ def test_read_only_disk_at_start_is_a_storage_state_not_an_error(small_fs, publi
         "read-only", {"telemetry": 1, "state": 0, "event": 3}, 0)
     assert "cannot be written" in pub.storage_problem() and [c.state for c in changes] == ["read-only"]
     fs.remount("rw")
+    time.sleep(OPEN_RETRY_SECONDS)  # an outbox that could not be opened is tried again at most this often
     pub.publish_event(make_event(3))
     assert pub.storage_problem() is None and [c.state for c in changes] == ["read-only", "ok"]
     assert pub.stats()["queued"] == 1 and pub.stats()["seq"] == 4  # 1-3 were lost: the gap says so
@@ -411,3 +412,25 @@ def test_a_password_in_replays_mqtt_url_is_never_printed(tmp_path):
     assert proc.returncode == 2 and "SECRET" not in proc.stdout + proc.stderr, proc.stderr
     assert "mqtt://node:***@127.0.0.1:1" in proc.stderr
     assert redact_url("mqtt://plc@broker:1883") == "mqtt://plc@broker:1883"  # no password: unchanged
+
+
+def test_a_full_disk_at_start_retries_quietly_and_creates_the_outbox_when_space_returns(small_fs):
+    fs = small_fs("256k")
+    path = fs.path / "state" / "outbox.sqlite"
+    path.parent.mkdir()
+    (path.parent / "keep").write_bytes(b"")  # the folder exists; the database cannot be written
+    fs.fill()
+    with capture_logs() as logs:
+        box = Outbox(path, 100)
+        assert box.storage.state == "full"
+        for _ in range(4):
+            with pytest.raises(StorageError, match="full"):
+                box.put("state", "t/s", b"{}", 1, True)
+            time.sleep(OPEN_RETRY_SECONDS / 2)
+        fs.free()
+        time.sleep(OPEN_RETRY_SECONDS)
+        box.put("state", "t/s", b"{}", 1, True)
+    assert box.storage.ok and len(box) == 1
+    assert box.quarantined == [] and not events_named(logs, "mqtt outbox unreadable")  # its own empty file: not a loss
+    assert sorted(p.name for p in path.parent.iterdir() if "corrupt" in p.name) == []
+    box.close()

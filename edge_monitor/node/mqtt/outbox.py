@@ -53,6 +53,7 @@ log = structlog.get_logger()
 KINDS = ("telemetry", "state", "event")
 STORAGE_STATES = ("ok", "full", "read-only", "corrupt", "error")
 SEQ_STEP = 1000           # the seq file is rewritten once per this many events
+OPEN_RETRY_SECONDS = 1.0  # an outbox that could not be opened (disk full, read-only) is tried again this often
 MAX_PAYLOAD = 268_435_455  # MQTT's largest packet
 _HEADER = b"SQLite format 3\x00"
 
@@ -183,6 +184,9 @@ class Outbox:
         self._seqfd: int | None = None
         self._seq_mark = 0                   # the high-water mark in the seq file
         self._seq_existed = False
+        self._made: tuple[int, int] | None = None  # (device, inode) of the database file this object created
+        self._said_missing = False
+        self._retry_at = 0.0                        # after a failed open: not again before this (monotonic)
         self._counters: dict[str, int] = {}
         self._count = 0
         self._last_id = 0                    # ids continue above this in a new database after a quarantine
@@ -230,6 +234,9 @@ class Outbox:
         try:
             self._open_seq_file()
             existed = self.path.exists()
+            if existed and self._made is not None:  # the empty file this object made on a try that failed
+                st = self.path.stat()
+                existed = (st.st_dev, st.st_ino) != self._made
             try:
                 self._lockfd = create_file(self.path)
             except OSError as exc:
@@ -243,7 +250,11 @@ class Outbox:
                 self._lockfd = None
                 raise UserError(f"mqtt.outbox.path {self.path} is in use by another edge-monitor process; "
                                 "give each process its own outbox") from None
-            if not existed and self._seq_existed and not self._counters:
+            if not existed:
+                st = os.fstat(self._lockfd)
+                self._made = (st.st_dev, st.st_ino)
+            if not existed and self._seq_existed and not self._counters and not self._said_missing:
+                self._said_missing = True
                 log.warning("mqtt outbox missing: a new one started; seq continues above the last one handed out",
                             outbox=str(self.path), seq_above=self._seq_mark)
             try:
@@ -377,6 +388,8 @@ class Outbox:
                   "last one handed out", outbox=str(self.path), kept=str(target), reason=reason,
                   lost_queued=queued)
         self._lockfd = create_file(self.path, exclusive=True)
+        st = os.fstat(self._lockfd)
+        self._made = (st.st_dev, st.st_ino)
         try:
             fcntl.flock(self._lockfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -398,6 +411,9 @@ class Outbox:
         if self._closed:
             raise RuntimeError("outbox is closed")
         if self._db is None:
+            if time.monotonic() < self._retry_at:
+                raise StorageError(self._storage)
+            self._retry_at = time.monotonic() + OPEN_RETRY_SECONDS
             self._open()
         assert self._db is not None
         return self._db
