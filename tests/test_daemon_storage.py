@@ -28,8 +28,8 @@ def state_fs(tmp_path, monkeypatch):
     fs.unmount()
 
 
-def test_daemon_with_a_full_disk_keeps_deciding_writing_jsonl_and_pinging_the_watchdog(state_fs, node_factory,
-                                                                                      clips):
+def test_daemon_with_a_full_disk_keeps_deciding_writing_jsonl_and_pinging_the_watchdog(
+        state_fs, node_factory, clips):  # noqa: F811 (test_daemon's fixtures, imported above)
     normal, anomaly = clips
     node = node_factory()
     assert node.sub.wait_for(lambda ms: any(m.topic.endswith("/status") and m.json()["state"] == "online"

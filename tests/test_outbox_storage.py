@@ -24,13 +24,26 @@ from edge_monitor.commands.mqtt_test import add_arguments as add_test_arguments
 from edge_monitor.commands.mqtt_test import run as run_test
 from edge_monitor.core.errors import UserError
 from edge_monitor.node.mqtt.connection import parse_url, redact_url
-from edge_monitor.node.mqtt.outbox import OPEN_RETRY_SECONDS, SEQ_STEP, Outbox, StorageError, StorageState
+from edge_monitor.node.mqtt.outbox import (
+    OPEN_RETRY_SECONDS,
+    SEQ_STEP,
+    Outbox,
+    StorageError,
+    StorageState,
+)
 from edge_monitor.node.mqtt.publisher import Publisher
 from edge_monitor.node.settings import MqttSettings, OutboxSettings
 from edge_monitor.node.statedir import write_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mqtt_helpers import MOSQUITTO, Broker, Subscriber, free_port, make_event, unique_events  # noqa: E402
+from mqtt_helpers import (
+    MOSQUITTO,
+    Broker,
+    Subscriber,
+    free_port,
+    make_event,
+    unique_events,
+)
 
 needs_mosquitto = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed (apt-get install mosquitto)")
 MONITORS = [{"name": "fan-1", "model": "fan-id_00", "sha256": "ab" * 32}]
@@ -38,8 +51,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def settings(port: int, outbox: Path, **overrides) -> MqttSettings:
-    base = dict(enabled=True, host="127.0.0.1", port=port, keepalive=5, reconnect_min_seconds=0.2,
-                reconnect_max_seconds=0.5, outbox=OutboxSettings(path=str(outbox), max_messages=100_000))
+    base = {"enabled": True, "host": "127.0.0.1", "port": port, "keepalive": 5, "reconnect_min_seconds": 0.2,
+            "reconnect_max_seconds": 0.5, "outbox": OutboxSettings(path=str(outbox), max_messages=100_000)}
     base.update(overrides)
     return MqttSettings(**base)
 
@@ -51,7 +64,7 @@ class SmallFs:
         self.path = path
         path.mkdir()
         proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs (needs root): {proc.stderr.strip()}")
         self.filler = path / "filler"
@@ -72,7 +85,7 @@ class SmallFs:
         subprocess.run(["mount", "-o", f"remount,{mode}", str(self.path)], check=True, capture_output=True)
 
     def unmount(self) -> None:
-        subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
+        subprocess.run(["umount", "-l", str(self.path)], capture_output=True, check=False)
 
 
 @pytest.fixture
@@ -190,7 +203,7 @@ def test_replay_with_its_outbox_on_a_full_disk_still_replays(tmp_path, small_fs)
     proc = subprocess.run([sys.executable, "-m", "edge_monitor", "replay",
                            str(ROOT / "edge_monitor/demo/clips/anomaly_id_00_demo.wav"), "--config", str(config),
                            "--mqtt", f"mqtt://127.0.0.1:{free_port()}", "--jsonl", str(tmp_path / "e.jsonl")],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 1, proc.stderr  # anomaly found, as without MQTT
     assert "Traceback" not in proc.stderr and "rollback" not in proc.stderr, proc.stderr
     assert any(json.loads(line)["type"] == "anomaly_start" for line in (tmp_path / "e.jsonl").read_text().splitlines())
@@ -408,7 +421,8 @@ def test_a_password_in_a_url_is_never_printed(url, capsys):
 def test_a_password_in_replays_mqtt_url_is_never_printed(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "edge_monitor", "replay",
                            str(ROOT / "edge_monitor/demo/clips/normal_id_00_demo.wav"),
-                           "--mqtt", "mqtt://node:SECRET@127.0.0.1:1"], capture_output=True, text=True, timeout=120)
+                           "--mqtt", "mqtt://node:SECRET@127.0.0.1:1"], capture_output=True, text=True,
+                          timeout=120, check=False)
     assert proc.returncode == 2 and "SECRET" not in proc.stdout + proc.stderr, proc.stderr
     assert "mqtt://node:***@127.0.0.1:1" in proc.stderr
     assert redact_url("mqtt://plc@broker:1883") == "mqtt://plc@broker:1883"  # no password: unchanged
