@@ -25,7 +25,6 @@ from edge_monitor.commands.mqtt_test import run as run_test
 from edge_monitor.core.errors import UserError
 from edge_monitor.node.mqtt.connection import parse_url, redact_url
 from edge_monitor.node.mqtt.outbox import (
-    OPEN_RETRY_SECONDS,
     SEQ_STEP,
     Outbox,
     StorageError,
@@ -188,7 +187,6 @@ def test_read_only_disk_at_start_is_a_storage_state_not_an_error(small_fs, publi
         "read-only", {"telemetry": 1, "state": 0, "event": 3}, 0)
     assert "cannot be written" in pub.storage_problem() and [c.state for c in changes] == ["read-only"]
     fs.remount("rw")
-    time.sleep(OPEN_RETRY_SECONDS)  # an outbox that could not be opened is tried again at most this often
     pub.publish_event(make_event(3))
     assert pub.storage_problem() is None and [c.state for c in changes] == ["read-only", "ok"]
     assert pub.stats()["queued"] == 1 and pub.stats()["seq"] == 4  # 1-3 were lost: the gap says so
@@ -428,23 +426,24 @@ def test_a_password_in_replays_mqtt_url_is_never_printed(tmp_path):
     assert redact_url("mqtt://plc@broker:1883") == "mqtt://plc@broker:1883"  # no password: unchanged
 
 
-def test_a_full_disk_at_start_retries_quietly_and_creates_the_outbox_when_space_returns(small_fs):
+def test_a_lost_outbox_on_a_full_disk_is_retried_quietly_and_made_when_space_returns(small_fs):
     fs = small_fs("256k")
     path = fs.path / "state" / "outbox.sqlite"
-    path.parent.mkdir()
-    (path.parent / "keep").write_bytes(b"")  # the folder exists; the database cannot be written
+    box = Outbox(path, 100)
+    box.put_event("t/e", lambda seq: b"{}")
+    box.close()
+    for name in ("outbox.sqlite", "outbox.sqlite-wal", "outbox.sqlite-shm"):
+        (path.parent / name).unlink(missing_ok=True)  # the outbox is gone; its seq file is not
     fs.fill()
     with capture_logs() as logs:
         box = Outbox(path, 100)
         assert box.storage.state == "full"
-        for _ in range(4):
+        for _ in range(4):  # every try makes (or finds) its own empty database file, and fails to write it
             with pytest.raises(StorageError, match="full"):
-                box.put("state", "t/s", b"{}", 1, True)
-            time.sleep(OPEN_RETRY_SECONDS / 2)
+                box.put_event("t/e", lambda seq: b"{}")
         fs.free()
-        time.sleep(OPEN_RETRY_SECONDS)
-        box.put("state", "t/s", b"{}", 1, True)
-    assert box.storage.ok and len(box) == 1
-    assert box.quarantined == [] and not events_named(logs, "mqtt outbox unreadable")  # its own empty file: not a loss
-    assert sorted(p.name for p in path.parent.iterdir() if "corrupt" in p.name) == []
+        seq, _ = box.put_event("t/e", lambda seq: b"{}")
+    assert box.storage.ok and len(box) == 1 and seq > SEQ_STEP
+    assert box.quarantined == [] and not events_named(logs, "mqtt outbox unreadable")  # its own empty file: no loss
+    assert len(events_named(logs, "mqtt outbox missing")) == 1
     box.close()

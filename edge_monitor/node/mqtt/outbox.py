@@ -53,7 +53,6 @@ log = structlog.get_logger()
 KINDS = ("telemetry", "state", "event")
 STORAGE_STATES = ("ok", "full", "read-only", "corrupt", "error")
 SEQ_STEP = 1000           # the seq file is rewritten once per this many events
-OPEN_RETRY_SECONDS = 1.0  # an outbox that could not be opened (disk full, read-only) is tried again this often
 MAX_PAYLOAD = 268_435_455  # MQTT's largest packet
 _HEADER = b"SQLite format 3\x00"
 
@@ -184,9 +183,11 @@ class Outbox:
         self._seqfd: int | None = None
         self._seq_mark = 0                   # the high-water mark in the seq file
         self._seq_existed = False
+        self._seq_write_failed = False
         self._made: tuple[int, int] | None = None  # (device, inode) of the database file this object created
         self._said_missing = False
-        self._retry_at = 0.0                        # after a failed open: not again before this (monotonic)
+        self._seq_known = False          # False until a database was opened: its seq is not known yet
+        self._lost_unnumbered = 0        # events refused before that: numbered once the seq is known
         self._counters: dict[str, int] = {}
         self._count = 0
         self._last_id = 0                    # ids continue above this in a new database after a quarantine
@@ -313,8 +314,13 @@ class Outbox:
         except BaseException:
             db.close()
             raise
-        # seq: the database's (exact) unless this process or the seq file knows a higher one (a lost outbox)
-        seq = max(counters.get("seq", 0), self._counters.get("seq", 0), 0 if counters else self._seq_mark)
+        # seq: the database's (exact) unless this process knows a higher one, or the database is new and the seq
+        # file says which numbers were handed out before (a lost outbox); events lost before the first open that
+        # worked (disk full, read-only) still take their numbers, so the gap shows them
+        if self._seq_known:
+            seq = max(counters.get("seq", 0), self._counters.get("seq", 0))
+        else:
+            seq = max(counters.get("seq", 0), 0 if counters else self._seq_mark) + self._lost_unnumbered
         if self._counters:  # reopened in this process: keep the loss counters of the database that went away
             counters = {**self._counters, **{k: v for k, v in counters.items() if k != "seq"}}
         counters["seq"] = seq
@@ -326,6 +332,7 @@ class Outbox:
                 db.close()
                 raise
         self._db, self._counters, self._count = db, counters, count
+        self._seq_known, self._lost_unnumbered = True, 0
         self._last_id = max(self._last_id, last[0] if last else 0)
         if seq >= self._seq_mark:
             self._advance_seq_mark(seq)
@@ -361,9 +368,12 @@ class Outbox:
             os.pwrite(self._seqfd, data, 0)
             os.fsync(self._seqfd)
         except OSError as exc:
-            log.warning("mqtt outbox seq file cannot be written; seq survives a lost outbox only from the last mark",
-                        seq_file=str(self.seq_path), error=exc.strerror)
+            if not self._seq_write_failed:
+                self._seq_write_failed = True
+                log.warning("mqtt outbox seq file cannot be written; seq survives a lost outbox only from the last "
+                            "mark", seq_file=str(self.seq_path), error=exc.strerror, last_mark=self._seq_mark)
             return
+        self._seq_write_failed = False
         self._seq_mark = mark
 
     def _quarantine(self, reason: str, *, at_start: bool) -> None:
@@ -411,9 +421,6 @@ class Outbox:
         if self._closed:
             raise RuntimeError("outbox is closed")
         if self._db is None:
-            if time.monotonic() < self._retry_at:
-                raise StorageError(self._storage)
-            self._retry_at = time.monotonic() + OPEN_RETRY_SECONDS
             self._open()
         assert self._db is not None
         return self._db
@@ -466,14 +473,15 @@ class Outbox:
         if kind not in KINDS:
             raise ValueError(f"unknown outbox kind {kind!r}")
         with self._lock:
-            seq = self._counters.get("seq", 0) + (kind == "event")
-            payload = build(seq)
             for _attempt in range(2):  # a second time only on a new database that replaced a corrupt one
                 try:
                     db = self._ready()
                 except StorageError:
-                    self._use_seq(seq)
+                    if kind == "event":
+                        self._lose_event()
                     raise
+                seq = self._counters.get("seq", 0) + (kind == "event")
+                payload = build(seq)
                 counters = dict(self._counters)
                 counters["seq"] = seq
                 count = self._count
@@ -496,7 +504,8 @@ class Outbox:
                     error = self._failed(exc)
                     if error is None:
                         continue
-                    self._use_seq(seq)
+                    if kind == "event":
+                        self._lose_event()
                     raise error from None
                 except BaseException:
                     self._rollback()
@@ -507,13 +516,17 @@ class Outbox:
                     self._advance_seq_mark(seq)
                 self._set_storage(StorageState())
                 return seq, dropped
-            self._use_seq(seq)
+            if kind == "event":
+                self._lose_event()
             raise StorageError(self._storage if not self._storage.ok else
                                StorageState("error", f"{self.path}: corrupt again right after a new outbox was made"))
 
-    def _use_seq(self, seq: int) -> None:
+    def _lose_event(self) -> None:
         """An event that could not be stored still takes its number (in memory; on disk with the next row)."""
-        self._counters["seq"] = seq
+        if not self._seq_known:
+            self._lost_unnumbered += 1
+            return
+        seq = self._counters["seq"] = self._counters.get("seq", 0) + 1
         if seq >= self._seq_mark:
             self._advance_seq_mark(seq)
 
