@@ -322,9 +322,16 @@ def test_a_file_that_is_not_an_outbox_is_refused_and_nothing_is_created_beside_i
     db.execute("CREATE TABLE users (name TEXT)")
     db.commit()
     db.close()
+    wal = tmp_path / "wal.db"  # a WAL database closed cleanly: no -wal, no -shm beside it
+    db = sqlite3.connect(wal)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE photos (name TEXT)")
+    db.commit()
+    db.close()
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     for path, why in ((passwd, "not an SQLite database"), (empty, "an empty file"),
                       (other, "an SQLite database but not an edge-monitor outbox \\(tables: users\\)"),
+                      (wal, "an SQLite database but not an edge-monitor outbox \\(tables: photos\\)"),
                       (tmp_path, "is not a file")):
         with pytest.raises(UserError, match=why):
             Outbox(path, 100)
@@ -446,4 +453,23 @@ def test_a_lost_outbox_on_a_full_disk_is_retried_quietly_and_made_when_space_ret
     assert box.storage.ok and len(box) == 1 and seq > SEQ_STEP
     assert box.quarantined == [] and not events_named(logs, "mqtt outbox unreadable")  # its own empty file: no loss
     assert len(events_named(logs, "mqtt outbox missing")) == 1
+    box.close()
+
+
+def test_rows_before_the_damaged_page_are_recovered_in_order(tmp_path):
+    path = tmp_path / "outbox.sqlite"
+    _outbox_with_events(path, 120)
+    size = path.stat().st_size
+    with open(path, "r+b") as f:  # the last page: a leaf of the table or an index, behind the rows before it
+        f.seek(size - 4096)
+        f.write(os.urandom(4096))
+    with capture_logs() as logs:
+        box = Outbox(path, 1000)
+    [said] = events_named(logs, "mqtt outbox unreadable")
+    rows = box.after(0, 1000)
+    assert 0 < len(rows) == said["recovered"] == len(box) and len(box.quarantined) == 1
+    assert [r.id for r in rows] == list(range(1, len(rows) + 1))  # a prefix of the old queue, in its order
+    assert [json.loads(r.payload)["seq"] for r in rows] == list(range(1, len(rows) + 1))
+    seq, _ = box.put_event("edge-monitor/node1/fan-1/event", lambda s: b"{}")
+    assert seq == SEQ_STEP + 1 and box.after(rows[-1].id, 10)[0].payload == b"{}"
     box.close()

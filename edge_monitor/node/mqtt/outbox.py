@@ -153,10 +153,17 @@ def _row_problem(kind: object, topic: object, payload: object, qos: object, reta
     return None
 
 
+def _read_only(path: Path) -> sqlite3.Connection:
+    """A connection that never writes to ``path`` or beside it: ``immutable`` when no -wal is there (a WAL
+    database closed cleanly cannot be opened ``mode=ro`` without its -shm), else ``mode=ro``."""
+    mode = "mode=ro" if Path(f"{path}-wal").exists() else "immutable=1"
+    return sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True)
+
+
 def _tables(path: Path) -> set[str] | None:
     """The tables of an SQLite file, read without writing anything; None if it cannot be read."""
     try:
-        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        db = _read_only(path)
     except sqlite3.Error:
         return None
     try:
@@ -165,6 +172,26 @@ def _tables(path: Path) -> set[str] | None:
         return None
     finally:
         db.close()
+
+
+def _readable_rows(path: Path, limit: int) -> list[Row]:
+    """The sendable rows of a damaged outbox that can still be read, oldest first, until the first unreadable one."""
+    rows: list[Row] = []
+    try:
+        db = _read_only(path)
+    except sqlite3.Error:
+        return rows
+    try:
+        for r in db.execute("SELECT id, kind, topic, payload, qos, retain FROM outbox ORDER BY id"):  # row by row
+            if type(r[0]) is int and _row_problem(r[1], r[2], r[3], r[4], r[5]) is None:
+                rows.append(Row(r[0], r[1], r[2], r[3], r[4], bool(r[5])))
+                if len(rows) >= limit:
+                    break
+    except sqlite3.Error:
+        pass  # the rest is behind a damaged page: it stays in the kept file
+    finally:
+        db.close()
+    return rows[:limit]
 
 
 class Outbox:
@@ -186,6 +213,7 @@ class Outbox:
         self._seq_write_failed = False
         self._made: tuple[int, int] | None = None  # (device, inode) of the database file this object created
         self._said_missing = False
+        self._salvaged: list[Row] = []   # rows read from a quarantined outbox, for the new one
         self._seq_known = False          # False until a database was opened: its seq is not known yet
         self._lost_unnumbered = 0        # events refused before that: numbered once the seq is known
         self._counters: dict[str, int] = {}
@@ -333,9 +361,27 @@ class Outbox:
                 raise
         self._db, self._counters, self._count = db, counters, count
         self._seq_known, self._lost_unnumbered = True, 0
+        if self._salvaged:
+            self._restore(db)
         self._last_id = max(self._last_id, last[0] if last else 0)
         if seq >= self._seq_mark:
             self._advance_seq_mark(seq)
+
+    def _restore(self, db: sqlite3.Connection) -> None:
+        """Put the rows read from a quarantined outbox into the new one, with their ids (so, in their order)."""
+        rows, self._salvaged = self._salvaged, []
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany("INSERT INTO outbox (id, kind, topic, payload, qos, retain) VALUES (?, ?, ?, ?, ?, ?)",
+                           [(r.id, r.kind, r.topic, r.payload, r.qos, int(r.retain)) for r in rows])
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            log.error("mqtt outbox: the rows read from the corrupted outbox cannot be stored in the new one; they "
+                      "stay in the kept file only", outbox=str(self.path), rows=len(rows), error=str(exc))
+            return
+        self._count += len(rows)
+        self._last_id = max(self._last_id, rows[-1].id)
 
     def _open_seq_file(self) -> None:
         if self._seqfd is not None:
@@ -392,11 +438,12 @@ class Outbox:
                 os.rename(side, f"{target}{suffix}")
         sync_dir(self.path.parent)
         self.quarantined.append(target)
+        self._salvaged = _readable_rows(target, self.max_messages)
         queued = None if at_start else self._count
         self._count = 0
-        log.error("mqtt outbox unreadable: moved aside and kept, a new outbox started; seq continues above the "
-                  "last one handed out", outbox=str(self.path), kept=str(target), reason=reason,
-                  lost_queued=queued)
+        log.error("mqtt outbox unreadable: moved aside and kept, a new outbox started with the rows that could be "
+                  "read; seq continues above the last one handed out", outbox=str(self.path), kept=str(target),
+                  reason=reason, recovered=len(self._salvaged), queued_before=queued)
         self._lockfd = create_file(self.path, exclusive=True)
         st = os.fstat(self._lockfd)
         self._made = (st.st_dev, st.st_ino)
