@@ -29,7 +29,9 @@ survives a broker outage, a network outage and a restart of this process; duplic
 a reconnect or a crash between PUBACK and delete. The connection retries forever with backoff
 (``reconnect_min_seconds`` doubling up to ``reconnect_max_seconds``); each change of the link
 (connected, lost, a new reason for failing) is logged once, never once per retry. Nothing here blocks
-the caller on the network: ``publish_*`` write one SQLite row (a disk sync) and return.
+the caller on the network: ``publish_*`` write one SQLite row (a disk sync) and return. They never raise for
+storage trouble either (a full, read-only or corrupted disk): see :class:`Publisher` and ``outbox.py``. The
+link's state and its log lines live in ``link.py``.
 """
 
 from __future__ import annotations
