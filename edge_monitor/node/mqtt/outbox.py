@@ -244,8 +244,11 @@ class Outbox:
             return  # a read-only or full disk: retried by put()
         if not self.path.exists():
             return
-        with open(self.path, "rb") as f:
-            head = f.read(len(_HEADER))
+        try:
+            with open(self.path, "rb") as f:
+                head = f.read(len(_HEADER))
+        except OSError as exc:
+            raise UserError(f"{where}: cannot read it ({exc.strerror})") from None
         if self.seq_path.exists():
             return  # ours, whatever is in it now (a lost or corrupted outbox is moved aside and kept)
         if head == _HEADER:
@@ -468,7 +471,12 @@ class Outbox:
         if self._closed:
             raise RuntimeError("outbox is closed")
         if self._db is None:
-            self._open()
+            try:
+                self._open()
+            except UserError as exc:  # at start a user error; later (taken by another process) storage trouble
+                storage = StorageState("error", str(exc))
+                self._set_storage(storage)
+                raise StorageError(storage) from None
         assert self._db is not None
         return self._db
 
@@ -485,7 +493,7 @@ class Outbox:
             try:
                 self._quarantine(storage.reason or "corrupt", at_start=False)
                 self._connect(existed=False)
-            except (sqlite3.Error, OSError, _Corrupt) as again:
+            except (sqlite3.Error, OSError, _Corrupt, UserError) as again:
                 self._close_db()
                 storage = classify(again, self.path) or StorageState("error", f"{self.path}: {again}")
             else:
