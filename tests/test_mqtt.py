@@ -150,7 +150,8 @@ def test_topics_and_payloads_field_by_field(broker, started, tmp_path, protocol)
     assert {k: data[k] for k in ("score_mean", "score_max", "level_dbfs", "clip_fraction", "drops", "bad")} == {
         "score_mean": 0.5, "score_max": 0.9, "level_dbfs": -31.5, "clip_fraction": 0.0, "drops": 0, "bad": None}
     assert 0 <= data["mqtt"].pop("queued") <= 6  # rows not yet acknowledged when the telemetry was made
-    assert data["mqtt"] == {"dropped": {"telemetry": 0, "state": 0, "event": 0}, "rejected": 0}
+    assert data["mqtt"] == {"dropped": {"telemetry": 0, "state": 0, "event": 0}, "rejected": 0, "skipped": 0,
+                            "unqueued": {"telemetry": 0, "state": 0, "event": 0}, "storage": "ok"}
 
     assert pub.wait_drained(5)
     stats = pub.stats()

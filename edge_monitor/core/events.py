@@ -24,7 +24,7 @@ SCHEMA = "edge-monitor/event"
 SCHEMA_VERSION = 1
 ANOMALY_TYPES = ("anomaly_start", "anomaly_update", "anomaly_end")
 TYPES = ANOMALY_TYPES + ("health",)
-HEALTH_CONDITIONS = ("clipping", "dead_input", "silence", "level_high", "drops", "sensor_fault")
+HEALTH_CONDITIONS = ("clipping", "dead_input", "silence", "level_high", "drops", "sensor_fault", "storage")
 HEALTH_STATUS = ("bad", "ok")
 
 

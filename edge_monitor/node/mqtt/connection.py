@@ -101,27 +101,65 @@ def connect_async(client: paho.Client, settings: MqttSettings, *, persistent: bo
     client.connect_async(settings.host, settings.port, settings.keepalive, **connect_args(settings, persistent))
 
 
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (``mqtt://node:***@host``): safe for messages and logs.
+
+    Works on malformed URLs too (no parsing that could fail): the user part is what stands between
+    ``//`` (or the start) and the last ``@`` before the first ``/``, ``?`` or ``#``."""
+    start = url.find("//")
+    start = 0 if start < 0 else start + 2
+    end = len(url)
+    for sep in "/?#":
+        found = url.find(sep, start)
+        if found >= 0:
+            end = min(end, found)
+    at = url.rfind("@", start, end)
+    if at < 0:
+        return url
+    colon = url.find(":", start, at)
+    if colon < 0:
+        return url
+    return f"{url[:colon]}:***{url[at:]}"
+
+
+def _password_of(url: str) -> str | None:
+    redacted = redact_url(url)
+    if redacted == url:
+        return None
+    colon = redacted.find(":***@")
+    return url[colon + 1:len(url) - (len(redacted) - colon - 4)]
+
+
 def parse_url(url: str, base: MqttSettings | None = None) -> MqttSettings:
     """``mqtt://[user@]host[:port]`` or ``mqtts://...`` (TLS, default port 8883) over ``base``; enables MQTT.
 
     Passwords never go in the URL (they would show in ``ps`` and shell history): use ``mqtt.password_file``
     or ``mqtt.password_env``. With ``mqtts`` and no TLS settings in ``base`` the system's CAs are used.
+    Every error names the URL with its password (if any) replaced by ``***``.
     """
     base = base or MqttSettings()
+    shown = redact_url(url)
+    password = _password_of(url)
+
+    def error(problem: str) -> UserError:
+        if password:  # urllib's messages quote the host part only; never trust that with a password
+            problem = problem.replace(password, "***")
+        return UserError(f"MQTT URL {shown!r}: {problem}")
+
     try:
         parts = urllib.parse.urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise UserError(f"MQTT URL {url!r}: {exc}") from None
+        raise error(str(exc)) from None
     if parts.scheme not in ("mqtt", "mqtts"):
-        raise UserError(f"MQTT URL {url!r}: the scheme must be mqtt:// or mqtts://")
+        raise error("the scheme must be mqtt:// or mqtts://")
     if not parts.hostname:
-        raise UserError(f"MQTT URL {url!r}: no host")
+        raise error("no host")
     if parts.password is not None:
-        raise UserError(f"MQTT URL {url!r}: do not put the password in the URL; "
-                        "use mqtt.password_file or mqtt.password_env (--password-file / --password-env)")
+        raise error("do not put the password in the URL; "
+                    "use mqtt.password_file or mqtt.password_env (--password-file / --password-env)")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise UserError(f"MQTT URL {url!r}: only mqtt[s]://[user@]host[:port] is understood")
+        raise error("only mqtt[s]://[user@]host[:port] is understood")
     tls = (base.tls or TlsSettings()) if parts.scheme == "mqtts" else None
     return replace(base, enabled=True, host=parts.hostname, port=port or (8883 if tls else 1883), tls=tls,
                    username=urllib.parse.unquote(parts.username) if parts.username else base.username)

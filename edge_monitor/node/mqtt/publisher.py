@@ -29,7 +29,9 @@ survives a broker outage, a network outage and a restart of this process; duplic
 a reconnect or a crash between PUBACK and delete. The connection retries forever with backoff
 (``reconnect_min_seconds`` doubling up to ``reconnect_max_seconds``); each change of the link
 (connected, lost, a new reason for failing) is logged once, never once per retry. Nothing here blocks
-the caller on the network: ``publish_*`` write one SQLite row (a disk sync) and return.
+the caller on the network: ``publish_*`` write one SQLite row (a disk sync) and return. They never raise for
+storage trouble either (a full, read-only or corrupted disk): see :class:`Publisher` and ``outbox.py``. The
+link's state and its log lines live in ``link.py``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import math
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -59,14 +62,15 @@ from edge_monitor.node.mqtt.connection import (
     read_password,
     topic_level,
 )
-from edge_monitor.node.mqtt.outbox import KINDS, Outbox
+from edge_monitor.node.mqtt.link import SHORT_LINK_SECONDS, Link
+from edge_monitor.node.mqtt.outbox import KINDS, Outbox, StorageError, StorageState
 from edge_monitor.node.settings import MqttSettings
 
 log = structlog.get_logger()
 
 STATES = ("normal", "anomaly", "sensor_fault", "unknown")
 MAX_INFLIGHT = 20                 # QoS 1 messages handed to paho and not yet acknowledged
-SHORT_LINK_SECONDS = 10.0         # two links in a row shorter than this: the broker keeps kicking us (see below)
+__all__ = ["MAX_INFLIGHT", "SHORT_LINK_SECONDS", "STATES", "Publisher", "StorageState"]
 
 
 class Publisher:
@@ -74,10 +78,17 @@ class Publisher:
 
     Thread-safe: ``publish_*`` may be called from any thread. Internals run on two threads of their own:
     paho's network loop and the outbox pump (which alone hands rows to paho and deletes acknowledged ones).
+
+    Storage: ``publish_*`` never raise for disk trouble. A message the outbox cannot store (disk full,
+    read-only, failing) is counted in ``stats()["unqueued"]`` by kind; :meth:`storage` /
+    :meth:`storage_problem` say what is wrong, and ``on_storage`` (called from the thread that saw the
+    change, outside every lock of the publisher: keep it short) is told each change, ok again included.
+    Queuing resumes by itself with the first write that succeeds.
     """
 
     def __init__(self, settings: MqttSettings, node: str, *, monitors: list[dict], version: str = __version__,
-                 max_inflight: int = MAX_INFLIGHT) -> None:
+                 max_inflight: int = MAX_INFLIGHT,
+                 on_storage: Callable[[StorageState], None] | None = None) -> None:
         self.settings = settings
         self.node = topic_level(node, "node")
         self.base = f"{topic_level(settings.prefix.strip('/'), 'mqtt.prefix', slash_ok=True)}/{self.node}"
@@ -90,11 +101,8 @@ class Publisher:
         self.started_ms = now_ms()
         self._client: paho.Client | None = None
         self._outbox: Outbox | None = None
-        # link state: written by paho's thread under _link_lock, read by the pump under it
-        self._link_lock = threading.Lock()
-        self._connected = False
-        self._gen = 0
-        self._stopping = False
+        # link state: written by paho's thread under link.lock, read by the pump under it
+        self.link = Link(settings.host, settings.port, retry_max_seconds=settings.reconnect_max_seconds)
         # pump state: touched by the pump thread only (callbacks post to _events)
         self._events: collections.deque = collections.deque()
         self._wake = threading.Event()
@@ -105,14 +113,14 @@ class Publisher:
         self._pump_stop = False
         self._round = threading.Condition()
         self._published: collections.Counter = collections.Counter()
-        # logging state (paho's thread)
-        self._ever_connected = False
-        self._connected_at = 0.0
-        self._short_links = 0
-        self._down_since: float | None = None
-        self._problem: str | None = None
         self._drop_log = _Throttle(60.0)
         self._reject_log = _Throttle(60.0)
+        # storage state: any thread, under _storage_lock
+        self.on_storage = on_storage
+        self._storage_lock = threading.Lock()
+        self._storage = StorageState()
+        self._unqueued: collections.Counter = collections.Counter()
+        self._unqueued_log = _Throttle(60.0)
 
     # -- life cycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -132,6 +140,7 @@ class Publisher:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         self._outbox = Outbox(self.settings.outbox.path, self.settings.outbox.max_messages)
+        self._storage_seen(self._outbox)
         if len(self._outbox):
             log.info("mqtt outbox holds messages from before; they go first", queued=len(self._outbox),
                      outbox=str(self._outbox.path))
@@ -147,14 +156,14 @@ class Publisher:
         if client is None or outbox is None:
             return
         deadline = time.monotonic() + timeout
-        if self._connected:
+        if self.link.connected:
             self.wait_drained(max(0.0, timeout * 0.7))
         self._pump_stop = True
         self._wake.set()
         if self._pump is not None:
             self._pump.join()
-        self._stopping = True
-        if self._connected:
+        self.link.stopping = True
+        if self.link.connected:
             info = client.publish(self.status_topic, self._status("offline", reason="shutdown"), qos=1, retain=True)
             if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
                 with contextlib.suppress(RuntimeError, ValueError):
@@ -177,8 +186,8 @@ class Publisher:
         def payload(seq: int) -> bytes:
             return json_bytes({**event.to_dict(), "seq": seq})
 
-        _, dropped = self._box().put_event(topic, payload)
-        self._queued(dropped)
+        box = self._box()
+        self._store("event", box, lambda: box.put_event(topic, payload)[1])
 
     def publish_state(self, monitor: str, state: str, score: float | None, threshold: float | None) -> None:
         """Queue a monitor's state (retained, QoS 1) durably."""
@@ -187,15 +196,20 @@ class Publisher:
         stamp = now_ms()
         payload = json_bytes({"state": state, "score": json_number(score), "threshold": json_number(threshold),
                          "time": iso_ms(stamp), "time_ms": stamp})
-        self._queued(self._box().put("state", f"{self.base}/{topic_level(monitor, 'monitor')}/state", payload, 1, True))
+        topic = f"{self.base}/{topic_level(monitor, 'monitor')}/state"
+        box = self._box()
+        self._store("state", box, lambda: box.put("state", topic, payload, 1, True))
 
     def publish_telemetry(self, monitor: str, values: dict) -> None:
         """Queue a monitor's telemetry (QoS 0); the outbox figures are added under ``mqtt``."""
         box = self._box()
         stamp = now_ms()
         data = {**plain(values), "time": iso_ms(stamp), "time_ms": stamp,
-                "mqtt": {"queued": len(box), "dropped": box.dropped(), "rejected": box.counter("rejected")}}
-        self._queued(box.put("telemetry", f"{self.base}/{topic_level(monitor, 'monitor')}/telemetry", json_bytes(data), 0, False))
+                "mqtt": {"queued": len(box), "dropped": box.dropped(), "rejected": box.counter("rejected"),
+                         "skipped": box.counter("skipped"), "unqueued": self._unqueued_counts(),
+                         "storage": self._storage.state}}
+        topic = f"{self.base}/{topic_level(monitor, 'monitor')}/telemetry"
+        self._store("telemetry", box, lambda: box.put("telemetry", topic, json_bytes(data), 0, False))
 
     def announce(self, monitors: list[dict]) -> None:
         """The node's monitors changed (a reload): the retained ``online`` status now lists these."""
@@ -208,17 +222,31 @@ class Publisher:
     def stats(self) -> dict[str, Any]:
         """``connected``, ``queued`` (rows in the outbox), ``inflight``, ``published`` / ``dropped`` by kind
         (published: this process; dropped: since the outbox was created), ``rejected`` (refused by the
-        broker, MQTT 5 only) and ``seq`` (the last event number)."""
+        broker, MQTT 5 only), ``skipped`` (rows that could never be sent, deleted), ``unqueued`` by kind
+        (this process: the disk refused them), ``storage`` (``ok``, ``full``, ``read-only``, ``corrupt``,
+        ``error``) and ``seq`` (the last event number)."""
         box = self._outbox
         return {
-            "connected": self._connected,
+            "connected": self.link.connected,
             "queued": len(box) if box is not None else 0,
             "inflight": len(self._inflight),
             "published": {kind: self._published[kind] for kind in KINDS},
             "dropped": box.dropped() if box is not None else {kind: 0 for kind in KINDS},
             "rejected": box.counter("rejected") if box is not None else 0,
+            "skipped": box.counter("skipped") if box is not None else 0,
+            "unqueued": self._unqueued_counts(),
+            "storage": self._storage.state,
             "seq": box.seq if box is not None else 0,
         }
+
+    def storage(self) -> StorageState:
+        """Whether the outbox can store messages (as of the last write): ``state`` and a one-line ``reason``."""
+        return self._storage
+
+    def storage_problem(self) -> str | None:
+        """One line saying why messages cannot be queued (disk full, read-only, ...), or None while they can."""
+        storage = self._storage
+        return None if storage.ok else storage.reason
 
     def wait_drained(self, timeout: float) -> bool:
         """Wait until every queued message has been acknowledged; False on timeout."""
@@ -239,6 +267,47 @@ class Publisher:
         if self._outbox is None:
             raise RuntimeError("Publisher is not started (or already stopped)")
         return self._outbox
+
+    def _store(self, kind: str, box: Outbox, put: Callable[[], list[str]]) -> None:
+        try:
+            dropped = put()
+        except StorageError:
+            with self._storage_lock:
+                self._unqueued[kind] += 1
+            self._unqueued_log.add(kind, 1)
+            self._storage_seen(box)
+            if self._unqueued_log.due():
+                self._log_unqueued()
+            return
+        self._storage_seen(box)
+        self._queued(dropped)
+
+    def _unqueued_counts(self) -> dict[str, int]:
+        with self._storage_lock:
+            return {kind: self._unqueued[kind] for kind in KINDS}
+
+    def _log_unqueued(self) -> None:
+        log.error("mqtt outbox cannot store messages: not queued, counted", unqueued_now=self._unqueued_log.take(),
+                  unqueued_total=self._unqueued_counts(), problem=self._storage.reason)
+
+    def _storage_seen(self, box: Outbox) -> None:
+        """Note the outbox's storage state after an operation; log and report each change once."""
+        storage = box.storage
+        with self._storage_lock:
+            if storage == self._storage:
+                return
+            before, self._storage = self._storage, storage
+        if storage.ok:
+            log.info("mqtt outbox can store messages again; queuing resumed", was=before.state,
+                     unqueued_total=self._unqueued_counts(), outbox=str(box.path))
+        else:
+            log.error("mqtt outbox storage problem: messages that cannot be stored are counted, not queued",
+                      storage=storage.state, problem=storage.reason, outbox=str(box.path))
+        if self.on_storage is not None:
+            try:
+                self.on_storage(storage)
+            except Exception:  # the caller's bug must not stop publishing
+                log.exception("mqtt on_storage callback failed")
 
     def _queued(self, dropped: list[str]) -> None:
         if dropped:
@@ -269,75 +338,40 @@ class Publisher:
     # -- internals: paho's thread ---------------------------------------------------------------
     def _on_connect(self, client: paho.Client, _userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
-            self._short_links = 0
-            self._report_problem(f"broker refused the connection: {reason}{auth_hint(reason, self.settings)}",
-                                 error=True)
+            self.link.connect_failed(f"broker refused the connection: {reason}{auth_hint(reason, self.settings)}",
+                                     error=True)
             return
-        with self._link_lock:
+        queued = len(self._outbox) if self._outbox is not None else 0
+        with self.link.lock:
             client.drop_out_messages()  # unacknowledged copies of the last link: re-sent from the outbox, in order
             # paho ignores the broker's Receive Maximum; keep one slot for the status message
             receive_max = getattr(props, "ReceiveMaximum", 65_535)
             self._window = max(1, min(self.max_inflight, receive_max - 1))
-            self._gen += 1
-            self._connected = True
+            gen = self.link.up(queued=queued, client_id=self.client_id, protocol=self.settings.protocol,
+                               tls=self.settings.tls is not None, session_present=flags.session_present)
             client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
-        self._events.append(("up", self._gen))
+        self._events.append(("up", gen))
         self._wake.set()
-        queued = len(self._outbox) if self._outbox is not None else 0
-        self._connected_at = time.monotonic()
-        if self._short_links >= 2:
-            pass  # flapping: said once in _on_disconnect, and again when the link holds (_pump_loop)
-        elif self._ever_connected:
-            log.info("mqtt reconnected", host=self.settings.host, port=self.settings.port, queued=queued,
-                     down_seconds=round(time.monotonic() - (self._down_since or time.monotonic()), 1))
-        else:
-            log.info("mqtt connected", host=self.settings.host, port=self.settings.port, client_id=self.client_id,
-                     protocol=self.settings.protocol, tls=self.settings.tls is not None,
-                     session_present=flags.session_present, queued=queued)
-        self._ever_connected = True
-        self._down_since = None
-        if self._short_links < 2:
-            self._problem = None
 
     def _on_connect_fail(self, _client: paho.Client, _userdata: Any) -> None:
-        self._short_links = 0  # the broker was away: an outage, not a broker that kicks us
         # paho calls this inside its `except OSError`, so the exception is at hand
-        self._report_problem(describe_error(sys.exc_info()[1], self.settings.host, self.settings.port))
+        self.link.connect_failed(describe_error(sys.exc_info()[1], self.settings.host, self.settings.port))
 
     def _on_disconnect(self, client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
-        with self._link_lock:
-            was_connected, self._connected = self._connected, False
-        if not was_connected or self._stopping:
+        if not self.link.connected and not self.link.stopping and str(reason) == "Keep alive timeout":
+            # TCP (and TLS) up, CONNECT sent, no CONNACK within the keepalive: paho closed the socket and retries
+            self.link.connect_timeout(self.settings.keepalive)
             return
-        self._down_since = time.monotonic()
-        # A broker may close the link right after accepting it (mosquitto 2.0 does so after refusing a publish
-        # by ACL): paho would reconnect at once, forever. Two short links in a row, each reconnect accepted at
-        # the first try (a failed try resets the count: that is an outage): back off and say it once.
-        self._short_links = self._short_links + 1 if time.monotonic() - self._connected_at < SHORT_LINK_SECONDS else 0
-        if self._short_links >= 2:
-            low, high = self.settings.reconnect_min_seconds, self.settings.reconnect_max_seconds
-            delay = min(high, low * 2 ** (self._short_links - 1))
-            client.reconnect_delay_set(delay, max(low, high))  # type: ignore[arg-type]
-            self._report_problem(f"the broker keeps closing the connection right after accepting it ({reason}); it "
-                                 "may refuse a topic we publish (run edge-monitor mqtt-test, check the broker's ACL "
-                                 "and log)", error=True)
-            return
-        self._problem = None
-        log.warning("mqtt connection lost; retrying with backoff", host=self.settings.host,
-                    port=self.settings.port, reason=str(reason),
-                    queued=len(self._outbox) if self._outbox is not None else 0)
+        delay = self.link.down(str(reason), queued=len(self._outbox) if self._outbox is not None else 0,
+                               retry_min_seconds=self.settings.reconnect_min_seconds)
+        if delay is not None:
+            client.reconnect_delay_set(delay, max(self.settings.reconnect_min_seconds,  # type: ignore[arg-type]
+                                                  self.settings.reconnect_max_seconds))
 
     def _on_publish(self, _client: paho.Client, _userdata: Any, mid: int, reason: Any, _props: Any) -> None:
         # called with paho's message lock held: post and return, never take our locks here
-        self._events.append(("ack", self._gen, mid, reason))
+        self._events.append(("ack", self.link.generation, mid, reason))
         self._wake.set()
-
-    def _report_problem(self, problem: str, *, error: bool = False) -> None:
-        if problem == self._problem:
-            return
-        self._problem = problem
-        (log.error if error else log.warning)("mqtt cannot connect; retrying with backoff", problem=problem,
-                                              retry_max_seconds=self.settings.reconnect_max_seconds)
 
     # -- internals: the outbox pump -------------------------------------------------------------
     def _pump_loop(self) -> None:
@@ -346,19 +380,21 @@ class Publisher:
             self._wake.clear()
             try:
                 self._pump_once()
+            except StorageError:  # rows stay in the outbox (sent again later: a duplicate at worst)
+                if self._outbox is not None:
+                    self._storage_seen(self._outbox)
+                time.sleep(0.5)
             except Exception:  # a bug; keep the daemon alive, say so loudly
                 log.exception("mqtt outbox pump failed")
                 time.sleep(1.0)
             if self._drop_log.due() and self._outbox is not None:
                 self._log_drops()
-            if (self._short_links >= 2 and self._connected and self._client is not None
-                    and time.monotonic() - self._connected_at >= SHORT_LINK_SECONDS):
-                self._short_links = 0
-                self._problem = None
+            if self._unqueued_log.due():
+                self._log_unqueued()
+            if self.link.check_holds() and self._client is not None:
                 self._client.reconnect_delay_set(self.settings.reconnect_min_seconds,  # type: ignore[arg-type]
                                                  max(self.settings.reconnect_min_seconds,
                                                      self.settings.reconnect_max_seconds))
-                log.info("mqtt connection holds again", host=self.settings.host, port=self.settings.port)
             with self._round:
                 self._round.notify_all()
 
@@ -394,21 +430,28 @@ class Publisher:
             log.error("mqtt broker refused messages (deleted, counted as rejected); check the broker's ACL",
                       refused=self._reject_log.take(), rejected_total=box.counter("rejected"))
         self._hand_over(box, client)
+        self._storage_seen(box)
 
     def _hand_over(self, box: Outbox, client: paho.Client) -> None:
         while True:
             room = self._window - len(self._inflight)
-            if room <= 0 or not self._connected or self._pump_gen != self._gen:
+            if room <= 0 or not self.link.connected or self._pump_gen != self.link.generation:
                 return
             rows = box.after(self._cursor, room)
             if not rows:
                 return
             written: list[int] = []
-            with self._link_lock:
-                if not self._connected or self._pump_gen != self._gen:
+            unsendable: list[tuple[int, str]] = []
+            with self.link.lock:
+                if not self.link.connected or self._pump_gen != self.link.generation:
                     return
                 for row in rows:
-                    info = client.publish(row.topic, row.payload, row.qos, row.retain)
+                    try:
+                        info = client.publish(row.topic, row.payload, row.qos, row.retain)
+                    except (ValueError, TypeError) as exc:  # paho refuses it: it would block every row behind it
+                        unsendable.append((row.id, str(exc)))
+                        self._cursor = row.id
+                        continue
                     if row.qos == 0:
                         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                             break
@@ -418,6 +461,8 @@ class Publisher:
                     self._cursor = row.id
                     if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                         break
+            if unsendable:
+                box.skip(unsendable)
             if written:  # QoS 0: gone once handed over on a live link
                 box.delete(written)
                 self._published["telemetry"] += len(written)
