@@ -57,6 +57,11 @@ def test_daemon_with_a_full_disk_keeps_deciding_writing_jsonl_and_pinging_the_wa
     assert node.read_notify("WATCHDOG=1", 5, after=full_at)
     assert sum("WATCHDOG=1" in m for m in node.messages) > pings_before
     assert node.output().count("mqtt outbox storage problem") == 1  # said once, not once per message
+    # a `storage` health event says so in the JSON lines (not on MQTT: that is what cannot store), and it does
+    # not suspend decisions (the anomaly above was decided while it was bad)
+    storage = [e for e in lines if e["type"] == "health" and e["health"]["condition"] == "storage"]
+    assert storage and storage[0]["health"]["status"] == "bad" and storage[0]["decisions_suspended"] is False
+    assert lines.index(storage[0]) < next(i for i, e in enumerate(lines) if e["type"] == "anomaly_start")
 
     state_fs.free()
     node.broker.start()
@@ -64,3 +69,9 @@ def test_daemon_with_a_full_disk_keeps_deciding_writing_jsonl_and_pinging_the_wa
                                             and m.json()["mqtt"]["unqueued"]["event"] >= 1 for m in ms), 20), \
         node.output()
     assert "mqtt outbox can store messages again" in node.output()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and '"status": "ok"' not in node.events.read_text():
+        time.sleep(0.2)
+    back = [e for e in map(json.loads, node.events.read_text().splitlines())
+            if e["type"] == "health" and e["health"]["condition"] == "storage"]
+    assert [e["health"]["status"] for e in back] == ["bad", "ok"] and back[0]["id"] == back[1]["id"]

@@ -226,8 +226,7 @@ def _publisher(args: argparse.Namespace, settings: Settings, bundles: dict[str, 
     elif args.config is None:
         raise UserError("replay: --mqtt without a URL takes the broker from --config; give a URL, e.g. "
                         "--mqtt mqtt://localhost")
-    if args.config is None:  # no config: keep the outbox in the user's cache, not in /var/lib
-        REPLAY_OUTBOX.parent.mkdir(parents=True, exist_ok=True)
+    if args.config is None:  # no config: keep the outbox in the user's cache, not in /var/lib (the Outbox makes it 0750)
         mq = replace(mq, outbox=replace(mq.outbox, path=str(REPLAY_OUTBOX)))
     mq = replace(mq, enabled=True)
     monitors = [{"name": m.name, "model": bundles[m.name].name, "sha256": bundles[m.name].sha256}

@@ -24,7 +24,8 @@ from edge_monitor.core.features import FeatureParams
 from edge_monitor.core.settings import HealthSettings
 
 FULL_SCALE = 0.999  # |sample| at or above this counts as clipped (int16 full scale is 32767/32768)
-IMMEDIATE = ("drops", "sensor_fault")
+IMMEDIATE = ("drops", "sensor_fault", "storage")
+NOT_SUSPENDING = ("storage",)  # reported, but decisions go on: a full disk costs only what cannot be stored
 
 
 @dataclass
@@ -47,7 +48,7 @@ class Health:
         self._window = max(1, int(round(settings.window_seconds * params.sample_rate)))
         self._sample_rate = params.sample_rate
         self._conditions = {name: _Condition(name) for name in
-                            ("clipping", "dead_input", "silence", "level_high", "drops", "sensor_fault")}
+                            ("clipping", "dead_input", "silence", "level_high", "drops", "sensor_fault", "storage")}
         self._reset_window()
         self.drops_total = 0
         self.level_dbfs = math.nan      # of the last full window
@@ -65,7 +66,8 @@ class Health:
 
     @property
     def bad(self) -> bool:
-        return any(c.bad for c in self._conditions.values())
+        """A condition that suspends decisions is bad (``storage`` is reported but never suspends)."""
+        return any(c.bad for c in self._conditions.values() if c.name not in NOT_SUSPENDING)
 
     @property
     def bad_conditions(self) -> list[str]:
@@ -90,6 +92,10 @@ class Health:
 
     def sensor_fault(self, bad: bool, position: float, message: str) -> list[Event]:
         return self._update("sensor_fault", bad, position, 1.0 if bad else 0.0, 0.0, message)
+
+    def storage(self, bad: bool, position: float, message: str) -> list[Event]:
+        """The node cannot store what it should (outbox on a full or read-only disk): said, not suspending."""
+        return self._update("storage", bad, position, 1.0 if bad else 0.0, 0.0, message)
 
     def samples(self, block: np.ndarray, end_position: float) -> list[Event]:
         """Samples of the stream, in order; judges each complete window. ``end_position``: after the block."""
@@ -138,7 +144,7 @@ class Health:
                 message: str) -> list[Event]:
         c = self._conditions[name]
         # drops turn bad at once and ok after a quiet hold; the audio layer's word on a device is final
-        hold = 0.0 if name == "sensor_fault" or (name in IMMEDIATE and flagged) else self.settings.hold_seconds
+        hold = 0.0 if name in ("sensor_fault", "storage") or (name in IMMEDIATE and flagged) else self.settings.hold_seconds
         window = self.settings.window_seconds
         if flagged:
             c.clear_since = None

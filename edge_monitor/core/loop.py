@@ -20,6 +20,7 @@ a file, monotonic time for a microphone, so a lost device still reports).
 
 from __future__ import annotations
 
+import collections
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -85,6 +86,11 @@ class Loop:
         self.events: list[Event] = []   # kept only with keep_events (replay's summary)
         self.keep_events = False
         self.ended = False
+        self._storage: collections.deque[tuple[bool, str]] = collections.deque(maxlen=64)
+
+    def storage_notice(self, ok: bool, message: str) -> None:
+        """From any thread: the node's storage failed (or is back); the loop says so with its next chunk."""
+        self._storage.append((ok, message))
 
     # --- life cycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -114,6 +120,8 @@ class Loop:
             return False
         m = self.monitor
         events: list[Event] = []
+        while self._storage:
+            events += m.storage(*self._storage.popleft())
         for ok, message in chunk.notices:
             events += m.sensor_fault(not ok, message)
             if self.resampler is not None:

@@ -266,7 +266,7 @@ class Daemon:
         if mq.enabled:
             from edge_monitor.node.mqtt.publisher import Publisher
 
-            publisher = Publisher(mq, self.settings.node, monitors=self._monitor_list())
+            publisher = Publisher(mq, self.settings.node, monitors=self._monitor_list(), on_storage=self._on_storage)
             publisher.start()
         try:
             scada = start_scada(self.settings, self.bundles, publisher)
@@ -275,6 +275,11 @@ class Daemon:
                 publisher.stop(timeout=1.0)
             raise
         return publisher, scada
+
+    def _on_storage(self, state) -> None:  # noqa: ANN001 - node.mqtt.outbox.StorageState
+        """The outbox cannot store (or can again): every monitor says so with a ``storage`` health event."""
+        for runner in list(self.runners.values()):
+            runner.loop.storage_notice(state.ok, state.reason or "the MQTT outbox stores messages again")
 
     def _start_publisher(self) -> None:
         self.publisher, scada = self._new_outputs()

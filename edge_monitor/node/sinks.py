@@ -24,13 +24,25 @@ class NodeSink:
         self.log_events = log_events
         self.scada = list(scada or [])
         self.jsonl = JsonlWriter(jsonl) if jsonl else None
+        self.jsonl_lost = 0                    # events the JSON-lines file could not take (disk full, …)
+        self.jsonl_failing: str | None = None  # the current reason, logged once per change
 
     def event(self, event: Event) -> None:
         if self.log_events:
             _log_event(event)
         with self._lock:
             if self.jsonl is not None:
-                self.jsonl.write(event)
+                try:
+                    self.jsonl.write(event)
+                    if self.jsonl_failing:
+                        self.jsonl_failing = None
+                        log.info("events file writable again", file=self.jsonl.path, lost=self.jsonl_lost)
+                except OSError as exc:  # a full or read-only disk costs the line, never the processing thread
+                    self.jsonl_lost += 1
+                    if self.jsonl_failing != exc.strerror:
+                        self.jsonl_failing = exc.strerror
+                        log.error("events file cannot be written; events still go to MQTT and the log",
+                                  file=self.jsonl.path, error=exc.strerror)
             if self.publisher is not None:
                 self.publisher.publish_event(event)
             scada = self.scada
