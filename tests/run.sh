@@ -1,20 +1,30 @@
 #!/usr/bin/env bash
-# Runs every test, after installing what the tests need:
-#  1. .venv          edge-monitor with the train and test extras (TensorFlow, librosa, LiteRT)
-#  2. .venv-tflite   a small sensor-node environment with tflite-runtime (numpy<2) instead of LiteRT,
-#                    proving the second interpreter on the committed demo bundle
+# Runs every test, after setting up what the tests need:
+#  0. system packages  tests/setup.sh: probes each one and installs the missing ones with apt-get when
+#                      run as root (or with password-less sudo); otherwise one line naming the exact
+#                      `apt-get install` to run, and exit code 2
+#  1. .venv            edge-monitor with the train and test extras (TensorFlow, librosa, LiteRT)
+#  2. .venv-tflite     a small sensor-node environment with tflite-runtime (numpy<2) instead of LiteRT,
+#                      proving the second interpreter on the committed demo bundle
 # Arguments go to the main pytest run (e.g. `bash tests/run.sh -k features`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+export PYTHON PIP_DISABLE_PIP_VERSION_CHECK=1
 
-if [ ! -x .venv/bin/python ]; then "$PYTHON" -m venv .venv; fi
-.venv/bin/python -m pip install --quiet --upgrade pip
+bash tests/setup.sh
+
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+  .venv/bin/python -m pip install --quiet --upgrade pip
+fi
 .venv/bin/python -m pip install --quiet -e '.[train,test]'
 .venv/bin/python -m pytest "$@"
 
-if [ ! -x .venv-tflite/bin/python ]; then "$PYTHON" -m venv .venv-tflite; fi
-.venv-tflite/bin/python -m pip install --quiet --upgrade pip
+if [ ! -x .venv-tflite/bin/python ]; then
+  "$PYTHON" -m venv .venv-tflite
+  .venv-tflite/bin/python -m pip install --quiet --upgrade pip
+fi
 .venv-tflite/bin/python -m pip install --quiet 'numpy<2' scipy pyyaml structlog paho-mqtt sounddevice tflite-runtime \
   pytest
 .venv-tflite/bin/python -m pip install --quiet --no-deps -e .
