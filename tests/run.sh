@@ -32,4 +32,5 @@ fi
 # the pipeline, replay and the daemon end to end (PulseAudio, mosquitto) as a Pi with tflite-runtime runs them
 EDGE_MONITOR_TFLITE=tflite_runtime .venv-tflite/bin/python -m pytest -p no:cacheprovider \
   tests/test_interpreters.py tests/test_cli.py tests/test_audio.py tests/test_data.py tests/test_synth.py \
-  tests/test_pipeline.py tests/test_detector.py tests/test_replay.py tests/test_ring.py tests/test_daemon.py
+  tests/test_pipeline.py tests/test_detector.py tests/test_replay.py tests/test_ring.py tests/test_daemon.py \
+  tests/test_quiet.py tests/test_help.py
