@@ -11,23 +11,26 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 export PYTHON PIP_DISABLE_PIP_VERSION_CHECK=1
+# pip, quietly; setuptools' note on every editable build ("Editable installation. Please be careful with
+# folders ...") is information, not a problem, so it is filtered out (its deprecations still show)
+pip_install() { local python=$1; shift; PYTHONWARNINGS="ignore:Editable installation:UserWarning" "$python" -m pip install --quiet "$@"; }
 
 bash tests/setup.sh
 
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
-  .venv/bin/python -m pip install --quiet --upgrade pip
+  pip_install .venv/bin/python --upgrade pip
 fi
-.venv/bin/python -m pip install --quiet -e '.[train,test]'
+pip_install .venv/bin/python -e '.[train,test]'
 .venv/bin/python -m pytest "$@"
 
 if [ ! -x .venv-tflite/bin/python ]; then
   "$PYTHON" -m venv .venv-tflite
-  .venv-tflite/bin/python -m pip install --quiet --upgrade pip
+  pip_install .venv-tflite/bin/python --upgrade pip
 fi
-.venv-tflite/bin/python -m pip install --quiet 'numpy<2' scipy pyyaml structlog paho-mqtt sounddevice tflite-runtime \
+pip_install .venv-tflite/bin/python 'numpy<2' scipy pyyaml structlog paho-mqtt sounddevice tflite-runtime \
   pytest
-.venv-tflite/bin/python -m pip install --quiet --no-deps -e .
+pip_install .venv-tflite/bin/python --no-deps -e .
 # the sensor-node tests (no TensorFlow, no librosa) with tflite-runtime forced, on numpy 1.x:
 # the pipeline, replay and the daemon end to end (PulseAudio, mosquitto) as a Pi with tflite-runtime runs them
 EDGE_MONITOR_TFLITE=tflite_runtime .venv-tflite/bin/python -m pytest -p no:cacheprovider \
