@@ -87,3 +87,18 @@ def test_shown_means_untouched(capfd):
     finally:
         quiet.show_native_log(None)
     assert capfd.readouterr().err == "INFO: shown\n"
+
+
+def test_held_back_output_shows_only_when_the_block_fails(capfd):
+    """training's hold-back of TensorFlow's chatter (fd 1 and 2): nothing on success, all of it on failure."""
+    with quiet.held_back((1, 2), only_on_error=True):
+        os.write(1, b"converter chatter on stdout\n")
+        os.write(2, b"MLIR log on stderr\n")
+    assert capfd.readouterr() == ("", "")
+    with pytest.raises(RuntimeError):
+        with quiet.held_back((1, 2), only_on_error=True, limit=1000):
+            os.write(1, b"converter chatter on stdout\n")
+            os.write(2, b"MLIR log on stderr\n")
+            raise RuntimeError("conversion failed")
+    out, err = capfd.readouterr()
+    assert out == "" and err == "converter chatter on stdout\nMLIR log on stderr\n"

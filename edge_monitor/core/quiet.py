@@ -7,6 +7,7 @@ not reach it, tensorflow/tensorflow#58050; the C++ ``LoggerOptions::SetMinimumLo
 exposed to Python). So :func:`quiet_native_log` points fd 2 at a temporary file around interpreter
 creation only, and afterwards writes back everything except the interpreter's ``INFO:`` lines: a
 warning or error of the interpreter, or a line another thread wrote meanwhile, is delayed, never lost.
+:func:`held_back` is the one such redirection (training holds TensorFlow's chatter back with it too).
 
 :func:`show_native_log` (the command line's ``--log-level debug``, through ``node.log.configure``)
 or ``EDGE_MONITOR_NATIVE_LOG=1`` leaves stderr untouched, so those lines show as the library prints them.
@@ -18,7 +19,7 @@ import os
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO
 
@@ -47,44 +48,69 @@ def quiet_native_log() -> Iterator[None]:
     if native_log_shown():
         yield
         return
+    with held_back((2,), drop=lambda line: line.startswith(DROPPED_PREFIX)):
+        yield
+
+
+@contextmanager
+def held_back(fds: tuple[int, ...] = (2,), *, drop: Callable[[bytes], bool] | None = None,
+              only_on_error: bool = False, limit: int | None = None) -> Iterator[None]:
+    """Point the file descriptors ``fds`` (C-level stdout 1, stderr 2) at one temporary file for the block.
+
+    Afterwards what was captured goes to fd 2: every line but those ``drop`` matches, or with
+    ``only_on_error`` nothing unless the block raised (then all of it, the last ``limit`` bytes).
+    One redirection at a time in the process (a lock); Python's own buffers are flushed around it.
+    """
     with _lock:
-        saved, capture = _redirect()
-        if saved is None:  # no stderr to redirect, or no room for the capture: leave it alone
+        saved, capture = _redirect(fds)
+        if capture is None:  # a descriptor to redirect is closed, or no room for the capture: leave them
             yield
             return
+        failed = True
         try:
             yield
+            failed = False
         finally:
-            _flush_python_stderr()
-            os.dup2(saved, 2)
-            os.close(saved)
+            _flush_python_streams()
+            for fd, original in zip(fds, saved):
+                os.dup2(original, fd)
+                os.close(original)
             capture.seek(0)
-            kept = b"".join(line for line in capture.read().splitlines(keepends=True)
-                            if not line.startswith(DROPPED_PREFIX))
+            data = capture.read()
             capture.close()
-            _write_all(2, kept)
+            if only_on_error:
+                data = data if failed else b""
+            elif drop is not None:
+                data = b"".join(line for line in data.splitlines(keepends=True) if not drop(line))
+            _write_all(2, data[-limit:] if limit else data)
 
 
-def _redirect() -> tuple[int, IO[bytes]] | tuple[None, None]:
+def _redirect(fds: tuple[int, ...]) -> tuple[list[int], IO[bytes] | None]:
     try:
         capture = tempfile.TemporaryFile()
     except OSError:
-        return None, None
-    _flush_python_stderr()
+        return [], None
+    _flush_python_streams()
+    saved: list[int] = []
     try:
-        saved = os.dup(2)
+        for fd in fds:
+            saved.append(os.dup(fd))
     except OSError:
+        for original in saved:
+            os.close(original)
         capture.close()
-        return None, None
-    os.dup2(capture.fileno(), 2)
+        return [], None
+    for fd in fds:
+        os.dup2(capture.fileno(), fd)
     return saved, capture
 
 
-def _flush_python_stderr() -> None:
-    try:
-        sys.stderr.flush()
-    except (AttributeError, OSError, ValueError):  # no sys.stderr, or closed
-        pass
+def _flush_python_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):  # no such stream, or closed
+            pass
 
 
 def _write_all(fd: int, data: bytes) -> None:
