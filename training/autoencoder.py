@@ -8,39 +8,21 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import tempfile
 import time
 import warnings
 from typing import Callable, Iterator
 
 import numpy as np
 
+from edge_monitor.core.quiet import held_back
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 @contextlib.contextmanager
 def _captured_output() -> Iterator[None]:
     """Hold back what the converter prints (Keras signatures, MLIR logs on fd 1/2); show it only on failure."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 1)
-        os.dup2(sink.fileno(), 2)
-        failed = True
-        try:
-            with contextlib.redirect_stdout(sys.stderr):
-                yield
-            failed = False
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
-            if failed:
-                sink.seek(0)
-                sys.stderr.write(sink.read().decode(errors="replace")[-20000:])
+    with held_back((1, 2), only_on_error=True, limit=20000), contextlib.redirect_stdout(sys.stderr):
+        yield
 
 
 try:

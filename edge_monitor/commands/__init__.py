@@ -51,7 +51,7 @@ COMMANDS: dict[str, Command] = {
                          "connect to the configured broker, publish a test message, say exactly what failed",
                          "edge-monitor mqtt-test --config /etc/edge-monitor/config.yaml"),
     "synth": Command("training.synth", "write a synthetic DCASE-layout data set of machine sounds",
-                     "edge-monitor synth --out data/synthetic --machines fan"),
+                     "edge-monitor synth data/synthetic --kinds fan"),
     "demo": Command("training.demo", "evaluate the bundled demo model on the bundled demo clips",
                     "edge-monitor demo", "add_demo_arguments", "run_demo"),
     "make-demo": Command("training.demo", "rebuild the bundled demo from synthetic data (needs the train extra)",
@@ -80,8 +80,10 @@ def _chosen(argv: list[str]) -> str | None:
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser; only the chosen command's module is imported (all of them when ``argv`` is None)."""
+    # Raw description and epilog: an example stays one line, whatever the terminal's width, to copy whole
     parser = _Parser(prog="edge-monitor", description="Acoustic anomaly detection for machines, on the edge.",
-                     epilog="exit codes: 0 nothing found, 1 anomaly found, 2 user error, 70 a bug in edge-monitor")
+                     epilog="exit codes: 0 nothing found, 1 anomaly found, 2 user error, 70 a bug in edge-monitor",
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"edge-monitor {__version__}")
     # None: the config's logging section (run), else auto / info
     parser.add_argument("--log-format", choices=("auto", "console", "json"), default=None)
@@ -91,7 +93,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     chosen = _chosen(argv) if argv is not None else None
     for name, command in COMMANDS.items():
         sp = sub.add_parser(name, help=command.help, description=command.help,
-                            epilog=f"example: {command.example}")
+                            epilog=f"example: {command.example}", formatter_class=argparse.RawDescriptionHelpFormatter)
         sp.set_defaults(run=(command.module, command.run_hook))
         if argv is None or name == chosen:
             getattr(import_module(command.module), command.add_hook)(sp)

@@ -23,6 +23,7 @@ import numpy as np
 
 from edge_monitor.core.errors import BundleError, FeatureError
 from edge_monitor.core.features import FeatureParams, log_mel, windows
+from edge_monitor.core.quiet import quiet_native_log
 
 FORMAT = "edge-monitor-bundle"
 FORMAT_VERSION = 1
@@ -249,7 +250,8 @@ class WindowScorer:
         if model_path is None:
             raise BundleError(f"{bundle.path}: has no float model ({FLOAT_MODEL_FILE}); float scoring needs one")
         try:
-            self._interp = interpreter_class(model_path=str(model_path), num_threads=num_threads)
+            with quiet_native_log():  # the interpreter's own INFO lines on fd 2: see core/quiet.py
+                self._interp = interpreter_class(model_path=str(model_path), num_threads=num_threads)
         except (ValueError, RuntimeError) as exc:
             raise BundleError(f"{model_path}: the TFLite interpreter ({self.backend}) cannot load it: {exc}") from None
         self.use_float = use_float
@@ -278,7 +280,8 @@ class WindowScorer:
                     f"{expected.zero_point}, the model has {scale:.6g} and {zero_point}; re-export the bundle"
                 )
         self._interp.resize_tensor_input(self._in["index"], [batch_size, size])
-        self._interp.allocate_tensors()
+        with quiet_native_log():  # LiteRT creates its XNNPACK delegate here, and says so on fd 2
+            self._interp.allocate_tensors()
         self._x = np.empty((batch_size, size), dtype=np.float32)
         self._q = np.empty((batch_size, size), dtype=np.float32 if use_float else np.int8)
         self._inv_std = (1.0 / bundle.std).astype(np.float32)

@@ -8,9 +8,12 @@ import sys
 
 import structlog
 
+from edge_monitor.core.quiet import show_native_log
+
 
 def configure(fmt: str = "auto", level: str = "info") -> None:
     """``fmt``: ``console``, ``json``, or ``auto`` (JSON when run by systemd, i.e. ``JOURNAL_STREAM`` is set)."""
+    show_native_log(True if level.lower() == "debug" else None)  # debug: the interpreter's own lines too
     if fmt == "auto":
         fmt = "json" if os.environ.get("JOURNAL_STREAM") else "console"
     renderer = (
