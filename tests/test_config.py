@@ -309,7 +309,7 @@ BAD = [
     ({"mqtt.port": 0}, "mqtt.port", "expected an integer in 1..65535, got 0"),
     ({"mqtt.port": 70000}, "mqtt.port", "got 70000"),
     ({"mqtt.port": "1883"}, "mqtt.port", 'got "1883"'),
-    ({"mqtt.keepalive": 4}, "mqtt.keepalive", "in 5..3600, got 4"),
+    ({"mqtt.keepalive": 0}, "mqtt.keepalive", "in 1..3600, got 0"),
     ({"mqtt.prefix": "/plant"}, "mqtt.prefix", 'got "/plant"'),
     ({"mqtt.prefix": "plant/"}, "mqtt.prefix", 'got "plant/"'),
     ({"mqtt.prefix": "plant/+/x"}, "mqtt.prefix", 'got "plant/+/x"'),

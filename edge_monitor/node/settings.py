@@ -75,7 +75,7 @@ class MqttSettings(Validated):
                                                "trailing '/'", max_length=200))
     client_id: str | None = setting(None, text(r"\S+", "a client id without spaces", null=True, max_length=200))
     protocol: str = setting("5", _protocol)             # "5" or "3.1.1"
-    keepalive: int = setting(30, number(5, 3600, integer=True))
+    keepalive: int = setting(30, number(1, 3600, integer=True))  # seconds; also the connect timeout
     tls: TlsSettings | None = setting(None, section=TlsSettings, null=True)  # null: no TLS
     username: str | None = setting(None, text(r".+", "a user name", null=True, max_length=256))
     password_file: str | None = setting(None, path(null=True))  # the password never lives in config.yaml
