@@ -287,3 +287,51 @@ def test_manifest_write_is_atomic(demo_copy, monkeypatch):
     changed.write(path)
     assert Manifest.read(path).evaluation["note"] == "x"
     assert sorted(p.name for p in demo_copy.iterdir()) == sorted(p.name for p in DEMO.iterdir())
+
+
+# ── the score target: the runtime scores what the manifest defines ──
+
+def test_the_score_target_must_match_the_model(demo_copy):
+    edit(demo_copy, lambda m: m["score"].__setitem__("target", "centre_frame"))
+    with pytest.raises(BundleError) as caught:
+        Bundle.load(demo_copy)
+    assert str(caught.value) == (f"{demo_copy / 'model.json'}: field 'score.target' asks for a model input of 512 "
+                                 "values (score target centre_frame) but the model's input has shape (1, 640)")
+    edit(demo_copy, lambda m: m["score"].__setitem__("target", "middle"))
+    with pytest.raises(BundleError, match="field 'score.target' is 'middle', expected one of window, centre_frame"):
+        Bundle.load(demo_copy)
+
+
+@slow
+def test_idnn_error_is_against_the_centre_frame(trained_idnn):
+    """Recompute the idnn window error by hand with the float twin: input = window without its centre frame."""
+    bundle = Bundle.load(trained_idnn)
+    assert bundle.manifest.score.target == "centre_frame"
+    assert "centre frame" in bundle.manifest.score.definition
+    _, interpreter_class = interpreter_backend()
+    interp = interpreter_class(model_path=str(bundle.float_model_path))
+    interp.allocate_tensors()
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    assert tuple(inp["shape"]) == (1, 512) and tuple(out["shape"]) == (1, 128)
+    rng = np.random.default_rng(3)
+    raw = (bundle.mean + bundle.std * rng.standard_normal((20, 640))).astype(np.float32)
+    z = (raw - bundle.mean) / bundle.std
+    expected = []
+    for row in z:
+        interp.set_tensor(inp["index"], np.r_[row[:256], row[384:]][None, :].astype(np.float32))
+        interp.invoke()
+        expected.append(np.mean((interp.get_tensor(out["index"])[0] - row[256:384]) ** 2))
+    got = WindowScorer(bundle, use_float=True, batch_size=7).errors(raw)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    # and the int8 model follows its float twin
+    assert np.corrcoef(WindowScorer(bundle).errors(raw), got)[0, 1] > 0.9
+
+
+@slow
+def test_idnn_bundle_with_a_window_target_is_refused(trained_idnn, tmp_path):
+    target = tmp_path / "idnn"
+    shutil.copytree(trained_idnn, target)
+    edit(target, lambda m: m["score"].__setitem__("target", "window"))
+    with pytest.raises(BundleError, match=r"field 'window.size' asks for a model input of 640 values \(score target "
+                                          r"window\) but the model's input has shape \(1, 512\)"):
+        Bundle.load(target)

@@ -36,6 +36,7 @@ from edge_monitor.core.manifest import (
     MANIFEST_FILE,
     MODEL_FILE,
     SCORE_DEFINITION,
+    SCORE_DEFINITION_CENTRE,
     STD_FLOOR,
     Decision,
     DecisionThreshold,
@@ -75,6 +76,7 @@ class TrainSettings:
     seed: int = 0
     channel: int | str = 0
     strict: bool = False
+    architecture: str = "ae"  # ae: autoencoder of the window; idnn: interpolation of its centre frame
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,6 +98,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-cache", action="store_true", help="do not cache features")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--strict", action="store_true", help="fail on an unreadable WAV instead of skipping it")
+    parser.add_argument("--architecture", choices=("ae", "idnn"), default=TrainSettings.architecture,
+                        help="ae: dense autoencoder of the window (DCASE 2020 baseline); idnn: interpolation "
+                             "network, the window without its centre frame predicts that frame (Suefusa 2020)")
 
 
 def settings_from_args(args: argparse.Namespace) -> TrainSettings:
@@ -113,7 +118,7 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     return TrainSettings(
         epochs=args.epochs, batch_size=args.batch_size, patience=args.patience, val_fraction=args.val_fraction,
         quantile=args.quantile, max_train_windows=args.max_windows, seed=args.seed, channel=channel,
-        strict=args.strict,
+        strict=args.strict, architecture=getattr(args, "architecture", TrainSettings.architecture),
     )
 
 
@@ -251,14 +256,22 @@ def train_one(clips: list[Clip], out: Path, params: FeatureParams, settings: Tra
     train_raw = _stack([frames[i] for i in train_idx], params, stride)
     val_raw = _stack([frames[i] for i in val_idx], params, stride)
     mean, std = fit_standardization(train_raw)
-    train_x = standardize(train_raw, mean, std)
-    val_x = standardize(val_raw, mean, std)
-    bound.info("training", train_clips=len(train_idx), held_out_clips=n_val, windows=len(train_x),
-               window_stride=stride, max_epochs=settings.epochs)
-    model = autoencoder.build(params.window_size, seed=settings.seed)
+    train_z = standardize(train_raw, mean, std)
+    val_z = standardize(val_raw, mean, std)
+    target = autoencoder.ARCHITECTURES[settings.architecture][0]
+    score = ScoreSpec(target, "int8", SCORE_DEFINITION if target == "window" else SCORE_DEFINITION_CENTRE)
+    input_dims, target_dims = score.input_dims(params), score.target_dims(params)
+    if target == "window":  # the autoencoder: no copies of the (up to 300 MB) training windows
+        train_x, val_x, train_y, val_y = train_z, val_z, train_z, val_z
+    else:
+        train_x, val_x = train_z[:, input_dims], val_z[:, input_dims]
+        train_y, val_y = train_z[:, target_dims], val_z[:, target_dims]
+    bound.info("training", architecture=settings.architecture, train_clips=len(train_idx), held_out_clips=n_val,
+               windows=len(train_x), window_stride=stride, max_epochs=settings.epochs)
+    model = autoencoder.build(len(input_dims), seed=settings.seed, output_dim=len(target_dims))
     fit_started = time.monotonic()
     history = autoencoder.fit(model, train_x, val_x, epochs=settings.epochs, batch_size=settings.batch_size,
-                              patience=settings.patience, report=bound.info)
+                              patience=settings.patience, report=bound.info, train_target=train_y, val_target=val_y)
     fit_s = time.monotonic() - fit_started
     rng = np.random.default_rng(settings.seed + 1)
     representative = train_x[rng.choice(len(train_x), min(settings.representative_windows, len(train_x)), replace=False)]
@@ -267,8 +280,8 @@ def train_one(clips: list[Clip], out: Path, params: FeatureParams, settings: Tra
 
     def keras_clip_scores(indices):  # float Keras scores, every window of each clip, one predict call
         stacked = [windows(frames[i], params) for i in indices]
-        x = standardize(np.concatenate(stacked), mean, std)
-        errors = np.mean((autoencoder.predict(model, x) - x) ** 2, axis=1)
+        z = standardize(np.concatenate(stacked), mean, std)
+        errors = np.mean((autoencoder.predict(model, z[:, input_dims]) - z[:, target_dims]) ** 2, axis=1)
         bounds = np.cumsum([0] + [len(w) for w in stacked])
         return np.array([errors[a:b].mean() for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
 
@@ -286,7 +299,8 @@ def train_one(clips: list[Clip], out: Path, params: FeatureParams, settings: Tra
         features=params,
         window=Window(params.frames, params.window_size, 1),
         model=ModelFiles(MODEL_FILE, hashlib.sha256(int8_bytes).hexdigest(), FLOAT_MODEL_FILE,
-                         hashlib.sha256(float_bytes).hexdigest(), autoencoder.ARCHITECTURE,
+                         hashlib.sha256(float_bytes).hexdigest(),
+                         autoencoder.describe(settings.architecture, len(input_dims), len(target_dims)),
                          {"bytes": len(int8_bytes)}),
         quantization=Quantization(quants["input"], quants["output"]),
         standardization=Standardization(mean, std, {
@@ -294,7 +308,7 @@ def train_one(clips: list[Clip], out: Path, params: FeatureParams, settings: Tra
             "statistics_from": "training windows",
             "std_floor_db": STD_FLOOR,
         }),
-        score=ScoreSpec("window", "int8", SCORE_DEFINITION),
+        score=score,
         threshold=Threshold(1.0),  # placeholder until the int8 held-out scores exist
         info={"created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "edge_monitor_version": edge_monitor.__version__},
@@ -335,6 +349,7 @@ def train_one(clips: list[Clip], out: Path, params: FeatureParams, settings: Tra
         "early_stopping": {"monitor": "val_loss of held-out clips' windows", "patience": settings.patience},
         "data_digest": "sha256:" + hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest(),
         "seed": settings.seed,
+        "architecture": settings.architecture,
         "channel": settings.channel,
         "duration_s": round(duration_s, 1),
         "feature_s": round(feature_s, 1),
