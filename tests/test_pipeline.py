@@ -85,7 +85,10 @@ def test_live_and_replay_parity_for_every_architecture(any_bundle):
     live_events = run(live, samples, random_blocks(np.random.default_rng(2)))
     replay_errors = np.concatenate(replay._errors)
     np.testing.assert_array_equal(replay_errors, np.concatenate(live._errors))
-    assert summary(replay_events) == summary(live_events)
+    # positions to the microsecond: Monitor's audio_position_s differs in the last bit between block
+    # patterns (3.7119999999999997 vs 3.712 s seen on an idnn bundle); scores must be identical
+    rounded = lambda events: [(t, round(p, 6), s) for t, p, s in summary(events)]  # noqa: E731
+    assert rounded(replay_events) == rounded(live_events)
     assert [[b.to_dict() for b in e.bands] for e in replay_events] == [[b.to_dict() for b in e.bands] for e in live_events]
     w = windows(log_mel(samples), any_bundle.params)
     bands_64, bands_1 = (np.empty((len(w), any_bundle.params.n_mels), np.float32) for _ in range(2))
