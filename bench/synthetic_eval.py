@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("--val-fraction", type=float, default=0.2, help="passed to edge-monitor train")
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--kinds", default="fan,pump,gearbox", help="passed to edge-monitor synth")
+    parser.add_argument("--ids", default="0,2", help="passed to edge-monitor synth")
     parser.add_argument("--architectures", nargs="+", default=["ae"], choices=["ae", "idnn"])
     parser.add_argument("--variants", action="store_true", help="also the band-standardised score (bench/variants.py)")
     args = parser.parse_args()
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace, arch: str) -> None:
         work = args.workdir or Path(tmp)
         data, models = work / "data", work / f"models-{arch}"
         steps = [
-            ["synth", str(data), "--kinds", args.kinds, "--train", str(args.train), "--test-normal", str(args.test),
+            ["synth", str(data), "--kinds", args.kinds, "--ids", args.ids, "--train", str(args.train), "--test-normal", str(args.test),
              "--test-anomaly", str(args.test), "--severity", str(args.severity)],
             ["--log-level", "warning", "train", str(data), "--out", str(models), "--epochs", str(args.epochs),
              "--val-fraction", str(args.val_fraction), "--architecture", arch],
