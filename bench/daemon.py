@@ -2,7 +2,8 @@
 private mosquitto, ``edge-monitor run`` as a subprocess reading the sink's monitor through ALSA's
 ``pulse`` device.
 
-    python bench/daemon.py [--seconds 30] [--latency-runs 5]
+    python bench/daemon.py [--seconds 30] [--latency-runs 5] [--monitors 1 4] [--no-mqtt]
+                           [--pythonpath TREE --module edge_monitor.cli]   # another tree, for before/after
 
 1. CPU and memory: the daemon with 1 and with 4 monitors (4-channel sink, one monitor per channel)
    while normal machine sound plays: CPU seconds per second of the whole process (from
@@ -70,10 +71,14 @@ def memory_mb(pid: int) -> dict[str, float]:
     return values
 
 
+OPTIONS = {"module": "edge_monitor", "pythonpath": None, "mqtt": True}
+
+
 def write_config(root: Path, monitors: int, port: int) -> Path:
     entries = "".join(f"  - name: fan-{i}\n    model: {BUNDLE}\n    channel: {i}\n" for i in range(monitors))
     config = root / f"config{monitors}.yaml"
-    config.write_text(f"node: bench\naudio:\n  device: pulse\nmonitors:\n{entries}mqtt:\n  enabled: true\n"
+    enabled = "true" if OPTIONS["mqtt"] else "false"
+    config.write_text(f"node: bench\naudio:\n  device: pulse\nmonitors:\n{entries}mqtt:\n  enabled: {enabled}\n"
                       f"  host: 127.0.0.1\n  port: {port}\n  telemetry_seconds: 10\n  outbox:\n"
                       f"    path: {root / f'outbox{monitors}.sqlite'}\nlogging:\n  format: json\n")
     return config
@@ -81,8 +86,11 @@ def write_config(root: Path, monitors: int, port: int) -> Path:
 
 def start_daemon(config: Path, pulse: PulseServer, log: Path) -> subprocess.Popen:
     env = {**os.environ, **pulse.env, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "edge_monitor", "run", "--config", str(config)], env=env,
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
+    if OPTIONS["pythonpath"]:
+        env["PYTHONPATH"] = OPTIONS["pythonpath"]
+    return subprocess.Popen([sys.executable, "-m", OPTIONS["module"], "run", "--config", str(config)], env=env,
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT,  # noqa: SIM115
+                            cwd=config.parent)  # not the repository: `-m` would import the tree in the working folder
 
 
 def wait_running(proc: subprocess.Popen, log: Path, timeout: float = 30.0) -> None:
@@ -167,15 +175,21 @@ def latency(root: Path, broker: Broker, runs: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0, help="CPU measurement window")
-    parser.add_argument("--latency-runs", type=int, default=5)
+    parser.add_argument("--latency-runs", type=int, default=5, help="0: no latency runs")
+    parser.add_argument("--monitors", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--no-mqtt", action="store_true", help="the daemon without MQTT (latency needs MQTT)")
+    parser.add_argument("--pythonpath", help="run the daemon of this tree (e.g. a worktree of an older commit)")
+    parser.add_argument("--module", default="edge_monitor", help="its command module (older trees: edge_monitor.cli)")
     args = parser.parse_args()
+    OPTIONS.update(module=args.module, pythonpath=args.pythonpath, mqtt=not args.no_mqtt)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         broker = Broker(root / "broker").start()
         try:
-            for monitors in (1, 4):
+            for monitors in args.monitors:
                 cost(root, broker, monitors, args.seconds)
-            latency(root, broker, args.latency_runs)
+            if args.latency_runs and not args.no_mqtt:
+                latency(root, broker, args.latency_runs)
         finally:
             broker.stop()
 

@@ -2,6 +2,9 @@
 normal and the 20 abnormal clips; AUC and pAUC of the float and the int8 model.
 
     python bench/mimii.py [--data ../shared/data/mimii-fan-id00] [--epochs 50] [--seeds 0 1 2]
+                          [--architectures ae idnn] [--variants]
+
+``--variants`` also scores every bundle with the band-standardised error (``bench/variants.py``).
 
 The clips are linked (not copied) into a temporary DCASE layout and go through `edge-monitor train`
 and `edge-monitor evaluate` exactly as a user would run them. With 28 test clips the figures are
@@ -15,6 +18,8 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+
+import numpy as np
 
 from edge_monitor.commands import main as cli
 
@@ -42,6 +47,8 @@ def main() -> int:
     parser.add_argument("--train-clips", type=int, default=12)
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--architectures", nargs="+", default=["ae"], choices=["ae", "idnn"])
+    parser.add_argument("--variants", action="store_true", help="also the band-standardised score")
     args = parser.parse_args()
     if not (args.data / "normal").is_dir():
         print(f"skipped: {args.data} not found (the MIMII fan clips live in ../shared/data/)")
@@ -49,20 +56,35 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         data = layout(args.data, Path(tmp) / "data", args.train_clips)
-        for seed in args.seeds:
-            models = Path(tmp) / f"models-{seed}"
-            code = cli(["--log-level", "warning", "train", str(data), "--out", str(models), "--epochs",
-                        str(args.epochs), "--seed", str(seed), "--no-cache"])
-            if code:
-                return code
-            result = json.loads((models / "fan-id_00" / "evaluation" / "results.json").read_text())
-            rows.append((seed, result))
+        test = sorted((p, int(p.name.startswith("anomaly"))) for p in (data / "fan" / "test").glob("*.wav"))
+        for arch in args.architectures:
+            for seed in args.seeds:
+                models = Path(tmp) / f"models-{arch}-{seed}"
+                code = cli(["--log-level", "warning", "train", str(data), "--out", str(models), "--epochs",
+                            str(args.epochs), "--seed", str(seed), "--no-cache", "--architecture", arch])
+                if code:
+                    return code
+                result = json.loads((models / "fan-id_00" / "evaluation" / "results.json").read_text())
+                figures = {("mse", "int8"): (result["int8"]["auc"], result["int8"]["pauc"]),
+                           ("mse", "float"): (result["float"]["auc"], result["float"]["pauc"])}
+                if args.variants:
+                    from variants import variant_figures
+
+                    figures = variant_figures(models / "fan-id_00", data / "fan" / "train", test)
+                for variant in sorted({v for v, _ in figures}, key=["mse", "band"].index):
+                    rows.append((arch, variant, seed, figures[(variant, "float")], figures[(variant, "int8")]))
     print("\nMIMII fan id_00: train", args.train_clips, "normal clips; test 8 normal + 20 abnormal")
-    print(f"{'seed':>4} {'AUC float':>9} {'AUC int8':>8} {'pAUC float':>10} {'pAUC int8':>9} {'int8-float AUC':>14}")
-    for seed, r in rows:
-        f, q = r["float"], r["int8"]
-        print(f"{seed:>4} {f['auc']:>9.3f} {q['auc']:>8.3f} {f['pauc']:>10.3f} {q['pauc']:>9.3f} "
-              f"{q['auc'] - f['auc']:>+14.4f}")
+    print(f"{'model':>5} {'score':>5} {'seed':>4} {'AUC float':>9} {'AUC int8':>8} {'pAUC float':>10} "
+          f"{'pAUC int8':>9} {'int8-float AUC':>14}")
+    for arch, variant, seed, (fa, fp), (qa, qp) in rows:
+        print(f"{arch:>5} {variant:>5} {seed:>4} {fa:>9.3f} {qa:>8.3f} {fp:>10.3f} {qp:>9.3f} {qa - fa:>+14.4f}")
+    print("means over seeds:")
+    for arch in args.architectures:
+        for variant in ("mse", "band"):
+            sel = [r for r in rows if r[0] == arch and r[1] == variant]
+            if sel:
+                m = np.mean([[r[3][0], r[4][0], r[3][1], r[4][1], r[4][0] - r[3][0]] for r in sel], axis=0)
+                print(f"{arch:>5} {variant:>5} mean {m[0]:>9.3f} {m[1]:>8.3f} {m[2]:>10.3f} {m[3]:>9.3f} {m[4]:>+14.4f}")
     return 0
 
 

@@ -41,3 +41,19 @@ def trained(synth_data, tmp_path_factory) -> Path:
     (synth_data / "fan" / "train" / "normal_id_00_broken.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt ")
     assert main(["train", str(synth_data), "--out", str(out), "--epochs", "8", "--no-cache"]) == 0
     return out / "fan-id_00"
+
+
+@pytest.fixture(scope="session")
+def trained_idnn(tmp_path_factory) -> Path:
+    """A tiny interpolation-network (idnn) bundle: 8 synthetic fan clips of 3 s, 2 epochs (seconds to train)."""
+    pytest.importorskip("tensorflow", reason="training tests need the train extra: pip install '.[train]'")
+    from edge_monitor.commands import main
+    from training.synth import generate_dataset
+
+    root = tmp_path_factory.mktemp("synth-idnn")
+    generate_dataset(root, kinds=("fan",), ids=(0,), n_train=8, n_test_normal=2, n_test_anomaly=2,
+                     duration=3.0, severity=0.8, seed=5)
+    out = tmp_path_factory.mktemp("models-idnn")
+    assert main(["--log-level", "warning", "train", str(root), "--out", str(out), "--epochs", "2", "--no-cache",
+                 "--architecture", "idnn"]) == 0
+    return out / "fan-id_00"

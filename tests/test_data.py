@@ -88,3 +88,21 @@ def test_feature_cache_hits_and_matches(tmp_path):
     np.testing.assert_array_equal(first, log_mel(load_audio(tmp_path / "a.wav", 16000)))
     other = FeatureCache(tmp_path / "cache", FeatureParams(n_mels=64))  # other parameters, other entries
     assert other.frames(tmp_path / "a.wav", digest).shape[1] == 64 and other.misses == 1
+
+
+@pytest.mark.parametrize("requested", ["00", "0", "id_00", "id_0", "ID_00"])
+def test_machine_id_spellings_name_the_same_machine(tmp_path, requested):
+    """Defect 3 of issue 9: `train DCASE_ROOT --machine slider --id 00` found nothing but "slider-id_00"."""
+    touch(tmp_path / "slider" / "train", "normal_id_00_00000000.wav", "normal_id_02_00000000.wav")
+    touch(tmp_path / "fan" / "train", "normal_id_00_00000000.wav")
+    assert list(find_training_clips(tmp_path, "slider", requested)) == ["slider-id_00"]
+
+
+def test_machine_id_spellings_do_not_match_other_ids(tmp_path):
+    touch(tmp_path / "slider" / "train", "normal_id_00_00000000.wav", "normal_id_02_00000000.wav")
+    touch(tmp_path / "gearbox" / "train", "section_01_source_train_normal_0000_a.wav")
+    assert list(find_training_clips(tmp_path, "slider", "2")) == ["slider-id_02"]
+    assert list(find_training_clips(tmp_path, "gearbox", "01")) == ["gearbox-section_01"]
+    for wrong in ("000001", "section_00", "id_1", "x00"):
+        with pytest.raises(UserError, match="found .*slider-id_00"):
+            find_training_clips(tmp_path, "slider", wrong)

@@ -153,10 +153,23 @@ def test_finish_closes_an_open_anomaly():
     assert detector().finish(1.0, "shutdown") == []
 
 
+def _manifest(decision: list[tuple[float, float]] | None):
+    """The demo bundle's manifest with this clip threshold (0.5) and these decision thresholds."""
+    from edge_monitor import DEMO_DIR
+    from edge_monitor.core.manifest import (
+        Decision,
+        DecisionThreshold,
+        Manifest,
+        Threshold,
+    )
+
+    demo = Manifest.read(DEMO_DIR / "fan-id_00" / "model.json")
+    table = None if decision is None else Decision(tuple(DecisionThreshold(s, v) for s, v in decision))
+    return demo.replace(threshold=Threshold(0.5), decision=table)
+
+
 def test_threshold_selection_from_manifest():
-    manifest = {"threshold": {"value": 0.5},
-                "decision": {"thresholds": [{"window_seconds": 0.5, "value": 0.8}, {"window_seconds": 1.0, "value": 0.7},
-                                            {"window_seconds": 2.0, "value": 0.6}]}}
+    manifest = _manifest([(0.5, 0.8), (1.0, 0.7), (2.0, 0.6)])
     assert decision_threshold(manifest, 1.0).value == 0.7
     assert decision_threshold(manifest, 1.0, 0.9).value == 0.9
     assert decision_threshold(manifest, 1.0, 0.9).origin == "config override"
@@ -164,7 +177,7 @@ def test_threshold_selection_from_manifest():
     assert decision_threshold(manifest, 9.0).value == 0.6
     mid = decision_threshold(manifest, math.sqrt(2.0))  # halfway in log time
     assert mid.value == pytest.approx(0.65)
-    old = decision_threshold({"threshold": {"value": 0.5}}, 1.0)
+    old = decision_threshold(_manifest(None), 1.0)
     assert old.value == 0.5 and "retrain" in old.origin
 
 

@@ -34,7 +34,7 @@ def test_bundle_files(trained):
 
 
 def test_manifest_contract(bundle, trained):
-    m = bundle.manifest
+    m = bundle.manifest.to_dict()  # the JSON layout, as written
     assert m["format_version"] == 1
     assert m["machine"] == {"type": "fan", "id": "id_00"}
     assert FeatureParams.from_dict(m["features"]) == FeatureParams()
@@ -59,11 +59,11 @@ def test_interpreter_sees_int8_input_and_output(bundle):
 
 def test_threshold_is_the_gamma_quantile_of_held_out_int8_scores(bundle, synth_data):
     """Recompute the threshold from scratch: held-out clips → int8 clip scores → gamma fit → quantile."""
-    th = bundle.manifest["threshold"]
+    th = bundle.manifest.to_dict()["threshold"]
     scorer = WindowScorer(bundle)
     train_dir = synth_data / "fan" / "train"
     scores = np.array([scorer.clip_score(load_audio(train_dir / name, 16000))
-                       for name in bundle.manifest["training"]["held_out_files"]])
+                       for name in bundle.manifest.to_dict()["training"]["held_out_files"]])
     shape, loc, scale = scipy.stats.gamma.fit(scores, floc=0)
     assert th["quantile"] == 0.99 and th["expected_false_alarm_rate"] == pytest.approx(0.01)
     assert (th["gamma"]["shape"], th["gamma"]["scale"]) == pytest.approx((shape, scale), rel=1e-4)
@@ -72,14 +72,14 @@ def test_threshold_is_the_gamma_quantile_of_held_out_int8_scores(bundle, synth_d
 
 
 def test_export_checked_itself(bundle):
-    check = bundle.manifest["evaluation"]["export_check"]
+    check = bundle.manifest.to_dict()["evaluation"]["export_check"]
     assert check["interpreter"] in ("ai_edge_litert", "tflite_runtime", "tensorflow")
     assert check["int8_vs_float_clip_score_correlation"] > 0.95
     assert check["float_tflite_vs_keras_max_relative_difference"] < 1e-3
 
 
 def test_train_evaluated_the_test_split(bundle):
-    test = bundle.manifest["evaluation"]["test"]
+    test = bundle.manifest.to_dict()["evaluation"]["test"]
     assert test["clips"] == {"normal": 6, "anomaly": 6}
     assert test["int8"]["auc"] > 0.75, "a severity-0.8 fault should be found on synthetic sound"
     assert test["int8"]["auc"] - test["float"]["auc"] >= -0.05

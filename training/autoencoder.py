@@ -37,10 +37,24 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 tf.get_logger().setLevel("ERROR")  # retracing notes and the like; errors still raise
 
 ARCHITECTURE = "dense autoencoder 640-128x4-8-128x4-640, BatchNorm+ReLU (DCASE 2020 Task 2 baseline)"
+ARCHITECTURES = {  # --architecture → (score target in the manifest, description template)
+    "ae": ("window", "dense autoencoder {i}-128x4-8-128x4-{o}, BatchNorm+ReLU (DCASE 2020 Task 2 baseline)"),
+    "idnn": ("centre_frame", ("dense interpolation network {i}-128x4-8-128x4-{o}, BatchNorm+ReLU: the window "
+                              "without its centre frame in, the centre frame out (Suefusa et al., ICASSP 2020)")),
+}
 
 
-def build(input_dim: int, hidden: int = 128, bottleneck: int = 8, seed: int = 0) -> keras.Model:
-    """Input → 4×(Dense 128, BN, ReLU) → Dense 8, BN, ReLU → 4×(Dense 128, BN, ReLU) → Dense input_dim."""
+def describe(architecture: str, input_dim: int, output_dim: int) -> str:
+    return ARCHITECTURES[architecture][1].format(i=input_dim, o=output_dim)
+
+
+def build(input_dim: int, hidden: int = 128, bottleneck: int = 8, seed: int = 0,
+          output_dim: int | None = None) -> keras.Model:
+    """Input → 4×(Dense 128, BN, ReLU) → Dense 8, BN, ReLU → 4×(Dense 128, BN, ReLU) → Dense output_dim.
+
+    ``output_dim`` None: ``input_dim`` (the autoencoder); the interpolation network (IDNN) reads the
+    window without its centre frame and outputs the centre frame (``n_mels`` values).
+    """
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((input_dim,), name="window")
     x = inputs
@@ -48,8 +62,8 @@ def build(input_dim: int, hidden: int = 128, bottleneck: int = 8, seed: int = 0)
         x = keras.layers.Dense(units)(x)
         x = keras.layers.BatchNormalization()(x)
         x = keras.layers.ReLU()(x)
-    outputs = keras.layers.Dense(input_dim, name="reconstruction")(x)
-    model = keras.Model(inputs, outputs, name="dcase2020_autoencoder")
+    outputs = keras.layers.Dense(output_dim or input_dim, name="reconstruction")(x)
+    model = keras.Model(inputs, outputs, name="dcase2020_autoencoder" if output_dim in (None, input_dim) else "idnn")
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mean_squared_error")
     return model
 
@@ -84,13 +98,17 @@ def fit(
     batch_size: int,
     patience: int,
     report: Callable[..., None],
+    train_target: np.ndarray | None = None,
+    val_target: np.ndarray | None = None,
 ) -> dict:
-    """Fit with early stopping on the held-out clips' windows; returns the loss history and epochs run."""
+    """Fit with early stopping on the held-out clips' windows; returns the loss history and epochs run.
+
+    Targets default to the inputs (autoencoder); the interpolation network gets the centre frames."""
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
     history = model.fit(
         train,
-        train,
-        validation_data=(val, val),
+        train if train_target is None else train_target,
+        validation_data=(val, val if val_target is None else val_target),
         epochs=epochs,
         batch_size=batch_size,
         shuffle=True,

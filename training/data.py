@@ -54,6 +54,23 @@ def parse_name(path: Path) -> tuple[str | None, int | None]:
     return None, _LABEL_FOLDERS.get(path.parent.name.lower())
 
 
+_ID_NUMBER = re.compile(r"^(?:(?P<prefix>id|section)_)?(?P<number>\d+)$", re.IGNORECASE)
+
+
+def same_machine_id(requested: str, found: str | None) -> bool:
+    """Whether ``--id requested`` names the machine id ``found``: ``00``, ``0``, ``id_00`` and ``id_0``
+    all name ``id_00`` (and ``section_00`` accepts ``00``, ``0`` and ``section_0``)."""
+    if found is None:
+        return False
+    if requested.lower() == found.lower():
+        return True
+    a, b = _ID_NUMBER.match(requested), _ID_NUMBER.match(found)
+    if not a or not b:
+        return False
+    prefix_ok = a["prefix"] is None or b["prefix"] is None or a["prefix"].lower() == b["prefix"].lower()
+    return prefix_ok and int(a["number"]) == int(b["number"])
+
+
 def _wavs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".wav")
 
@@ -91,7 +108,8 @@ def find_training_clips(data: Path, machine: str | None = None, machine_id: str 
     selected = {
         key: clips
         for key, clips in groups.items()
-        if (machine is None or clips[0].machine_type == machine) and (machine_id is None or clips[0].machine_id == machine_id)
+        if (machine is None or clips[0].machine_type == machine)
+        and (machine_id is None or same_machine_id(machine_id, clips[0].machine_id))
     }
     if not selected:
         what = " ".join(f"{flag} {value}" for flag, value in (("--machine", machine), ("--id", machine_id)) if value)

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from edge_monitor.core.errors import AudioError, UserError
-from edge_monitor.core.model import MANIFEST_FILE, Bundle, WindowScorer
+from edge_monitor.core.manifest import MANIFEST_FILE, Manifest
+from edge_monitor.core.model import Bundle, WindowScorer
 from edge_monitor.core.wav import load_audio, parse_channel
 
 from . import report
@@ -117,11 +118,11 @@ def evaluate_bundle(bundle: Bundle, clips: list[Clip], out: Path, *, channel: in
     (out / "results.json").write_text(json.dumps(result, indent=1))
     plots = report.evaluation_plots(out, labels, s_int8, s_float, bundle.threshold) if both else {}
     report.write_evaluation_report(out, result, plots)
-    if record_in_manifest:
+    if record_in_manifest:  # through the type, atomically: a crash leaves the old manifest whole
         manifest_path = bundle.path / MANIFEST_FILE
-        manifest = json.loads(manifest_path.read_text())
-        manifest["evaluation"]["test"] = {k: result[k] for k in ("clips", "max_fpr", "int8", "float")}
-        manifest_path.write_text(json.dumps(manifest, indent=1))
+        manifest = Manifest.read(manifest_path)
+        test = {k: result[k] for k in ("clips", "max_fpr", "int8", "float")}
+        manifest.replace(evaluation={**manifest.evaluation, "test": test}).write(manifest_path)
     f8, ff = result["int8"], result["float"] or {}
     print(
         f"{bundle.name}: {result['clips']['normal']} normal / {result['clips']['anomaly']} anomalous clips | "

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_monitor.core.manifest import Manifest, Threshold
+
 from .metrics import roc_curve
 
 
@@ -20,7 +22,8 @@ def _pyplot():
     return plt
 
 
-def training_plots(out: Path, history: dict, train_scores, held_out, threshold: dict, float_scores, int8_scores) -> dict:
+def training_plots(out: Path, history: dict, train_scores, held_out, threshold: Threshold, float_scores,
+                   int8_scores) -> dict:
     import scipy.stats  # not at module level: it would slow every edge-monitor start by 0.5 s
 
     plt = _pyplot()
@@ -37,14 +40,14 @@ def training_plots(out: Path, history: dict, train_scores, held_out, threshold: 
     plots["loss"] = _save(fig, out / "loss.png")
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    low, top = _span(np.r_[train_scores, held_out, threshold["value"]])
+    low, top = _span(np.r_[train_scores, held_out, threshold.value])
     bins = np.linspace(low, top, 40)
     ax.hist(train_scores, bins=bins, alpha=0.6, density=True, label="training clips")
     ax.hist(held_out, bins=bins, alpha=0.6, density=True, label="held-out clips")
-    g = threshold["gamma"]
+    g = threshold.info["gamma"]
     xs = np.linspace(low, top, 300)
     ax.plot(xs, scipy.stats.gamma.pdf(xs, g["shape"], loc=g["loc"], scale=g["scale"]), "k-", label="gamma fit")
-    ax.axvline(threshold["value"], color="red", label=f"threshold (q={threshold['quantile']})")
+    ax.axvline(threshold.value, color="red", label=f"threshold (q={threshold.info['quantile']})")
     ax.set(xlabel="int8 clip score", ylabel="density", title="Normal clip scores")
     ax.legend()
     plots["scores"] = _save(fig, out / "scores.png")
@@ -107,27 +110,30 @@ def _images(plots: dict) -> list[str]:
     return [f"![{name}]({file})" for name, file in plots.items()] + [""]
 
 
-def write_training_report(out: Path, manifest: dict, plots: dict) -> None:
-    t, th, ev = manifest["training"], manifest["threshold"], manifest["evaluation"]
+def write_training_report(out: Path, manifest: Manifest, plots: dict) -> None:
+    t, th, ev = manifest.training, manifest.threshold, manifest.evaluation
     check = ev["export_check"]
+    decision = manifest.decision
     lines = [
-        f"# Model {manifest['machine']['type']}-{manifest['machine']['id']}",
+        f"# Model {manifest.machine.type}-{manifest.machine.id}",
         "",
-        f"- created {manifest['created_at']} by edge-monitor {manifest['edge_monitor_version']}, "
+        f"- created {manifest.info.get('created_at')} by edge-monitor {manifest.info.get('edge_monitor_version')}, "
         f"TensorFlow {t['tensorflow']}",
-        f"- {manifest['model']['architecture']}; int8 model {manifest['model']['bytes']} bytes, "
-        f"sha256 `{manifest['model']['sha256'][:16]}…`",
+        f"- {manifest.model.architecture}; int8 model {manifest.model.info.get('bytes')} bytes, "
+        f"sha256 `{manifest.model.sha256[:16]}…`; score target {manifest.score.target}",
         f"- data: {t['clips']} training clips, {t['held_out_clips']} held-out clips, {t['windows']} windows "
         f"(stride {t['window_stride']}), {len(t['clips_skipped'])} skipped; digest `{t['data_digest'][:23]}…`",
         f"- fit: {t['epochs_run']} of at most {t['epochs_max']} epochs, kept epoch {t['best_epoch']} "
         f"(loss {t['final_loss']:.4f}, held-out {t['final_val_loss']:.4f}); {t['duration_s']} s in all "
         f"({t['feature_s']} s features, {t['fit_s']} s fit)",
-        f"- threshold {th['value']:.4f}: quantile {th['quantile']} of a gamma fit (shape {th['gamma']['shape']:.3g}, "
-        f"scale {th['gamma']['scale']:.3g}) to {th['held_out_clips']} held-out int8 clip scores; expected false-alarm "
-        f"rate {th['expected_false_alarm_rate']:.3g} per clip, {th['held_out_exceed_fraction']:.3g} of held-out clips above",
+        f"- threshold {th.value:.4f}: quantile {th.info['quantile']} of a gamma fit (shape "
+        f"{th.info['gamma']['shape']:.3g}, scale {th.info['gamma']['scale']:.3g}) to {th.info['held_out_clips']} "
+        f"held-out int8 clip scores; expected false-alarm rate {th.info['expected_false_alarm_rate']:.3g} per clip, "
+        f"{th.info['held_out_exceed_fraction']:.3g} of held-out clips above",
         "- decision thresholds (the detector's score: mean window error over a sliding window; quantile "
-        f"{manifest['decision']['quantile']} of a gamma fit to every decision score of the held-out clips): "
-        + ", ".join(f"{d['window_seconds']:g} s {d['value']:.4f}" for d in manifest["decision"]["thresholds"]),
+        f"{decision.info.get('quantile') if decision else 'n/a'} of a gamma fit to every decision score of the "
+        "held-out clips): "
+        + (", ".join(f"{d.window_seconds:g} s {d.value:.4f}" for d in decision.thresholds) if decision else "none"),
         f"- export check ({check['interpreter']}): int8 vs float clip-score correlation "
         f"{check['int8_vs_float_clip_score_correlation']:.4f} over {check['clips']} clips; float TFLite vs Keras "
         f"max relative difference {check['float_tflite_vs_keras_max_relative_difference']:.2e}",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
-import json
 import math
 import platform
 import shutil
@@ -32,18 +31,28 @@ from edge_monitor.core.detector import (
 )
 from edge_monitor.core.errors import AudioError, UserError
 from edge_monitor.core.features import FeatureParams, windows
-from edge_monitor.core.model import (
+from edge_monitor.core.manifest import (
     FLOAT_MODEL_FILE,
-    FORMAT,
-    FORMAT_VERSION,
     MANIFEST_FILE,
     MODEL_FILE,
     SCORE_DEFINITION,
-    Bundle,
+    SCORE_DEFINITION_CENTRE,
+    STD_FLOOR,
+    Decision,
+    DecisionThreshold,
+    Machine,
+    Manifest,
+    ModelFiles,
     Quant,
-    WindowScorer,
-    sha256_file,
+    Quantization,
+    ScoreSpec,
+    Standardization,
+    Threshold,
+    Window,
+    fit_standardization,
+    standardize,
 )
+from edge_monitor.core.model import Bundle, WindowScorer, sha256_file
 from edge_monitor.core.wav import parse_channel
 
 from . import report
@@ -51,7 +60,6 @@ from .data import Clip, FeatureCache, find_test_clips, find_training_clips
 
 log = structlog.get_logger("edge_monitor.train")
 
-STD_FLOOR = 0.1  # dB; keeps near-constant bands from dominating the standardised error
 CHECK_TRAIN_CLIPS = 100  # training clips scored in the export check (besides every held-out clip)
 
 
@@ -68,6 +76,7 @@ class TrainSettings:
     seed: int = 0
     channel: int | str = 0
     strict: bool = False
+    architecture: str = "ae"  # ae: autoencoder of the window; idnn: interpolation of its centre frame
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,6 +98,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-cache", action="store_true", help="do not cache features")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--strict", action="store_true", help="fail on an unreadable WAV instead of skipping it")
+    parser.add_argument("--architecture", choices=("ae", "idnn"), default=TrainSettings.architecture,
+                        help="ae: dense autoencoder of the window (DCASE 2020 baseline); idnn: interpolation "
+                             "network, the window without its centre frame predicts that frame (Suefusa 2020)")
 
 
 def settings_from_args(args: argparse.Namespace) -> TrainSettings:
@@ -106,7 +118,7 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     return TrainSettings(
         epochs=args.epochs, batch_size=args.batch_size, patience=args.patience, val_fraction=args.val_fraction,
         quantile=args.quantile, max_train_windows=args.max_windows, seed=args.seed, channel=channel,
-        strict=args.strict,
+        strict=args.strict, architecture=getattr(args, "architecture", TrainSettings.architecture),
     )
 
 
@@ -161,24 +173,23 @@ def _stack(frame_list: list[np.ndarray], params: FeatureParams, stride: int) -> 
     return np.concatenate([windows(f, params)[::stride] for f in frame_list]).astype(np.float32, copy=False)
 
 
-def _gamma_threshold(scores: np.ndarray, quantile: float) -> dict:
+def _gamma_threshold(scores: np.ndarray, quantile: float) -> Threshold:
     import scipy.stats  # not at module level: it would slow every edge-monitor start by 0.5 s
 
     shape, loc, scale = scipy.stats.gamma.fit(scores, floc=0.0)
     value = float(scipy.stats.gamma.ppf(quantile, shape, loc=loc, scale=scale))
-    return {
-        "value": value,
+    return Threshold(value, {
         "method": "gamma_quantile",
         "quantile": quantile,
         "gamma": {"shape": float(shape), "loc": float(loc), "scale": float(scale), "fit": "scipy.stats.gamma.fit, loc fixed at 0"},
         "scores": "int8 clip scores of the held-out normal clips (not trained on; they also decided early stopping)",
-        "held_out_clips": int(len(scores)),
+        "held_out_clips": len(scores),
         "expected_false_alarm_rate": round(1.0 - quantile, 6),
         "held_out_exceed_fraction": float(np.mean(scores > value)),
-    }
+    })
 
 
-def _decision_thresholds(clip_errors: list[np.ndarray], params: FeatureParams) -> dict:
+def _decision_thresholds(clip_errors: list[np.ndarray], params: FeatureParams) -> Decision:
     """Thresholds for the detector's decision scores (mean window error over a few seconds).
 
     For each calibrated length: every decision score the held-out clips give (sliding means of their
@@ -195,15 +206,14 @@ def _decision_thresholds(clip_errors: list[np.ndarray], params: FeatureParams) -
             continue
         shape, loc, scale = scipy.stats.gamma.fit(means, floc=0.0)
         value = float(scipy.stats.gamma.ppf(DECISION_QUANTILE, shape, loc=loc, scale=scale))
-        thresholds.append({"window_seconds": seconds, "windows": length, "value": value,
-                           "held_out_max": float(means.max()), "held_out_exceed_fraction": float(np.mean(means > value)),
-                           "decision_scores": int(len(means))})
-    return {
+        thresholds.append(DecisionThreshold(seconds, value, {
+            "windows": length, "held_out_max": float(means.max()),
+            "held_out_exceed_fraction": float(np.mean(means > value)), "decision_scores": len(means)}))
+    return Decision(tuple(thresholds), {
         "score": "mean window error over the last window_seconds of audio (edge_monitor.core.detector.sliding_means)",
         "method": "gamma_quantile of every decision score of the held-out clips, loc fixed at 0",
         "quantile": DECISION_QUANTILE,
-        "thresholds": thresholds,
-    }
+    })
 
 
 def _staging(target: Path) -> Path:
@@ -245,16 +255,23 @@ def train_one(clips: list[Clip], out: Path, params: FeatureParams, settings: Tra
     stride = max(1, math.ceil(total / settings.max_train_windows))
     train_raw = _stack([frames[i] for i in train_idx], params, stride)
     val_raw = _stack([frames[i] for i in val_idx], params, stride)
-    mean = train_raw.mean(axis=0, dtype=np.float64).astype(np.float32)
-    std = np.maximum(train_raw.std(axis=0, dtype=np.float64), STD_FLOOR).astype(np.float32)
-    train_x = (train_raw - mean) / std
-    val_x = (val_raw - mean) / std
-    bound.info("training", train_clips=len(train_idx), held_out_clips=n_val, windows=len(train_x),
-               window_stride=stride, max_epochs=settings.epochs)
-    model = autoencoder.build(params.window_size, seed=settings.seed)
+    mean, std = fit_standardization(train_raw)
+    train_z = standardize(train_raw, mean, std)
+    val_z = standardize(val_raw, mean, std)
+    target = autoencoder.ARCHITECTURES[settings.architecture][0]
+    score = ScoreSpec(target, "int8", SCORE_DEFINITION if target == "window" else SCORE_DEFINITION_CENTRE)
+    input_dims, target_dims = score.input_dims(params), score.target_dims(params)
+    if target == "window":  # the autoencoder: no copies of the (up to 300 MB) training windows
+        train_x, val_x, train_y, val_y = train_z, val_z, train_z, val_z
+    else:
+        train_x, val_x = train_z[:, input_dims], val_z[:, input_dims]
+        train_y, val_y = train_z[:, target_dims], val_z[:, target_dims]
+    bound.info("training", architecture=settings.architecture, train_clips=len(train_idx), held_out_clips=n_val,
+               windows=len(train_x), window_stride=stride, max_epochs=settings.epochs)
+    model = autoencoder.build(len(input_dims), seed=settings.seed, output_dim=len(target_dims))
     fit_started = time.monotonic()
     history = autoencoder.fit(model, train_x, val_x, epochs=settings.epochs, batch_size=settings.batch_size,
-                              patience=settings.patience, report=bound.info)
+                              patience=settings.patience, report=bound.info, train_target=train_y, val_target=val_y)
     fit_s = time.monotonic() - fit_started
     rng = np.random.default_rng(settings.seed + 1)
     representative = train_x[rng.choice(len(train_x), min(settings.representative_windows, len(train_x)), replace=False)]
@@ -263,52 +280,43 @@ def train_one(clips: list[Clip], out: Path, params: FeatureParams, settings: Tra
 
     def keras_clip_scores(indices):  # float Keras scores, every window of each clip, one predict call
         stacked = [windows(frames[i], params) for i in indices]
-        x = (np.concatenate(stacked) - mean) / std
-        errors = np.mean((autoencoder.predict(model, x) - x) ** 2, axis=1)
+        z = standardize(np.concatenate(stacked), mean, std)
+        errors = np.mean((autoencoder.predict(model, z[:, input_dims]) - z[:, target_dims]) ** 2, axis=1)
         bounds = np.cumsum([0] + [len(w) for w in stacked])
         return np.array([errors[a:b].mean() for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
 
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "edge_monitor_version": edge_monitor.__version__,
-        "machine": {"type": clips[0].machine_type, "id": clips[0].machine_id},
-        "features": params.to_dict(),
-        "window": {"frames": params.frames, "size": params.window_size, "stride_frames": 1},
-        "model": {
-            "file": MODEL_FILE,
-            "sha256": hashlib.sha256(int8_bytes).hexdigest(),
-            "bytes": len(int8_bytes),
-            "float_file": FLOAT_MODEL_FILE,
-            "float_sha256": hashlib.sha256(float_bytes).hexdigest(),
-            "architecture": autoencoder.ARCHITECTURE,
-        },
-        "quantization": {},  # filled from the exported model below
-        "standardization": {
-            "where": "manifest (not folded into the model): z = (window - mean) / std, per dimension",
-            "statistics_from": "training windows",
-            "std_floor_db": STD_FLOOR,
-            "mean": [float(v) for v in mean],
-            "std": [float(v) for v in std],
-        },
-        "score": {"definition": SCORE_DEFINITION, "model": "int8"},
-        "threshold": {"value": 1.0},  # placeholder until the int8 held-out scores exist
-        "training": {},
-        "evaluation": {},
-    }
     # Read the quantisation the converter chose from the model itself, through the edge interpreter.
     from edge_monitor.core.model import interpreter_backend
 
     backend, interpreter_class = interpreter_backend()
     interp = interpreter_class(model_content=int8_bytes)
+    quants = {}
     for side, detail in (("input", interp.get_input_details()[0]), ("output", interp.get_output_details()[0])):
         scale, zero_point = detail["quantization"]
-        manifest["quantization"][side] = Quant(float(scale), int(zero_point), np.dtype(detail["dtype"]).name).to_dict()
+        quants[side] = Quant(float(scale), int(zero_point), np.dtype(detail["dtype"]).name)
+    manifest = Manifest(
+        machine=Machine(clips[0].machine_type, clips[0].machine_id),
+        features=params,
+        window=Window(params.frames, params.window_size, 1),
+        model=ModelFiles(MODEL_FILE, hashlib.sha256(int8_bytes).hexdigest(), FLOAT_MODEL_FILE,
+                         hashlib.sha256(float_bytes).hexdigest(),
+                         autoencoder.describe(settings.architecture, len(input_dims), len(target_dims)),
+                         {"bytes": len(int8_bytes)}),
+        quantization=Quantization(quants["input"], quants["output"]),
+        standardization=Standardization(mean, std, {
+            "where": "manifest (not folded into the model): z = (window - mean) / std, per dimension",
+            "statistics_from": "training windows",
+            "std_floor_db": STD_FLOOR,
+        }),
+        score=score,
+        threshold=Threshold(1.0),  # placeholder until the int8 held-out scores exist
+        info={"created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "edge_monitor_version": edge_monitor.__version__},
+    )
     staging = _staging(out)
     (staging / MODEL_FILE).write_bytes(int8_bytes)
     (staging / FLOAT_MODEL_FILE).write_bytes(float_bytes)
-    (staging / MANIFEST_FILE).write_text(json.dumps(manifest))
+    manifest.write(staging / MANIFEST_FILE)
 
     # Self-check with the runtime's own scorer: int8 scores of held-out clips → threshold.
     provisional = Bundle.load(staging)
@@ -322,19 +330,17 @@ def train_one(clips: list[Clip], out: Path, params: FeatureParams, settings: Tra
     keras_scores = keras_clip_scores(all_idx)
     held_out = int8_scores[len(check_train):]
     threshold = _gamma_threshold(held_out, settings.quantile)
+    decision = _decision_thresholds([int8_scorer.errors(windows(frames[i], params)) for i in val_idx], params)
     correlation = float(np.corrcoef(int8_scores, float_scores)[0, 1])
     float_vs_keras = float(np.max(np.abs(float_scores - keras_scores) / keras_scores))
-    manifest["threshold"] = threshold
-    manifest["decision"] = _decision_thresholds(
-        [int8_scorer.errors(windows(frames[i], params)) for i in val_idx], params)
     duration_s = time.monotonic() - started
-    manifest["training"] = {
+    training = {
         "clips": len(train_idx),
         "held_out_clips": n_val,
         "clips_skipped": skipped,
         "training_files": [used[i].path.name for i in train_idx],
         "held_out_files": [used[i].path.name for i in val_idx],
-        "windows": int(len(train_x)),
+        "windows": len(train_x),
         "window_stride": stride,
         "epochs_max": settings.epochs,
         "epochs_run": history["epochs_run"],
@@ -343,6 +349,7 @@ def train_one(clips: list[Clip], out: Path, params: FeatureParams, settings: Tra
         "early_stopping": {"monitor": "val_loss of held-out clips' windows", "patience": settings.patience},
         "data_digest": "sha256:" + hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest(),
         "seed": settings.seed,
+        "architecture": settings.architecture,
         "channel": settings.channel,
         "duration_s": round(duration_s, 1),
         "feature_s": round(feature_s, 1),
@@ -353,7 +360,7 @@ def train_one(clips: list[Clip], out: Path, params: FeatureParams, settings: Tra
         "tensorflow": autoencoder.tf.__version__,
         "python": platform.python_version(),
     }
-    manifest["evaluation"] = {
+    evaluation = {
         "export_check": {
             "interpreter": backend,
             "int8_vs_float_clip_score_correlation": correlation,
@@ -365,17 +372,18 @@ def train_one(clips: list[Clip], out: Path, params: FeatureParams, settings: Tra
             "clips": n_val,
             "int8_score_mean": float(held_out.mean()),
             "int8_score_max": float(held_out.max()),
-            "false_alarms_at_threshold": int(np.sum(held_out > threshold["value"])),
+            "false_alarms_at_threshold": int(np.sum(held_out > threshold.value)),
         },
     }
+    manifest = manifest.replace(threshold=threshold, decision=decision, training=training, evaluation=evaluation)
     plots = report.training_plots(staging, history, int8_scores[: len(check_train)], held_out, threshold,
                                   float_scores, int8_scores)
-    (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+    manifest.write(staging / MANIFEST_FILE)
     report.write_training_report(staging, manifest, plots)
     Bundle.load(staging)
     _promote(staging, out)
     bundle = Bundle.load(out)
-    bound.info("bundle written", path=str(out), threshold=round(threshold["value"], 4),
+    bound.info("bundle written", path=str(out), threshold=round(threshold.value, 4),
                int8_float_correlation=round(correlation, 4), epochs=history["epochs_run"],
                seconds=round(duration_s, 1))
     return bundle

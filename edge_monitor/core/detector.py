@@ -25,6 +25,7 @@ import numpy as np
 
 from edge_monitor.core.events import AnomalyInfo, Band, Event, Origin, new_id, now_ms
 from edge_monitor.core.features import FeatureParams
+from edge_monitor.core.manifest import Manifest
 from edge_monitor.core.settings import DecisionSettings
 
 NORMAL, PENDING, ANOMALY, COOLDOWN, SUSPENDED = "normal", "pending", "anomaly", "cooldown", "suspended"
@@ -52,16 +53,17 @@ class Threshold:
     origin: str  # where the value came from, for `check` and logs
 
 
-def decision_threshold(manifest: dict, window_seconds: float, override: float | None = None) -> Threshold:
+def decision_threshold(manifest: Manifest, window_seconds: float, override: float | None = None) -> Threshold:
     """The threshold for decision scores over ``window_seconds``: the config's override, else the
     bundle's calibrated one for that length (log-interpolated between calibrated lengths, the nearest
-    outside them), else — for bundles trained before decision calibration — the clip threshold."""
+    outside them), else — for bundles trained before decision calibration — the clip threshold.
+
+    The manifest type guarantees positive, finite values at strictly ascending lengths."""
     if override is not None:
         return Threshold(float(override), "config override")
-    table = sorted((float(t["window_seconds"]), float(t["value"]))
-                   for t in (manifest.get("decision") or {}).get("thresholds", []))
+    table = [(t.window_seconds, t.value) for t in (manifest.decision.thresholds if manifest.decision else ())]
     if not table:
-        return Threshold(float(manifest["threshold"]["value"]),
+        return Threshold(manifest.threshold.value,
                          "bundle clip threshold (bundle has no decision calibration: retrain it)")
     for seconds, value in table:
         if math.isclose(seconds, window_seconds):
