@@ -197,10 +197,16 @@ BAD_RUNS = {
     "model_missing": (lambda t: ["replay", ANOMALY, "--model", t / "no-bundle"], "no-bundle"),
     "model_sha_edited": (lambda t: ["replay", ANOMALY, "--model", _bundle_copy(t, _set("model.sha256", "0" * 64))],
                          "sha256"),
-    "model_window_mismatch": (lambda t: ["replay", ANOMALY, "--model",
-                                         _bundle_copy(t, _set("window.size", 512))], "window.size"),
-    "model_feature_mismatch": (lambda t: ["replay", ANOMALY, "--model",
-                                          _bundle_copy(t, _set("features.n_mels", 64))], "features"),
+    "model_window_mismatch": (lambda t: ["replay", ANOMALY, "--model", _bundle_copy(t, _set("window.size", 512))],
+                              "field 'window.size' is 512 but features give 5×128=640"),
+    # the features against the window the model reads (not the window-size field alone) ...
+    "model_feature_mismatch": (lambda t: ["replay", ANOMALY, "--model", _bundle_copy(t, _set("features.n_mels", 64))],
+                               "field 'window.size' is 640 but features give 5×64=320"),
+    # ... and the feature parameters themselves
+    "model_feature_invalid": (lambda t: ["replay", ANOMALY, "--model",
+                                         _bundle_copy(t, _set("features.hop_length", 2048))],
+                              "field 'features' is not a valid feature parameter set: features.hop_length: must not "
+                              "exceed n_fft (1024), got 2048"),
     "threshold_negative": (lambda t: ["replay", ANOMALY, "--threshold", "-1"], "--threshold must be > 0"),
     "monitor_without_config": (lambda t: ["replay", ANOMALY, "--monitor", "x"], "--monitor goes with --config"),
     "config_and_model": (lambda t: ["replay", ANOMALY, "--config", "a.yaml", "--model", "b"], "not allowed with"),
