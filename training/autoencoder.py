@@ -59,6 +59,9 @@ ARCHITECTURE = "dense autoencoder 640-128x4-8-128x4-640, BatchNorm+ReLU (DCASE 2
 
 def build(input_dim: int, hidden: int = 128, bottleneck: int = 8, seed: int = 0) -> keras.Model:
     """Input → 4×(Dense 128, BN, ReLU) → Dense 8, BN, ReLU → 4×(Dense 128, BN, ReLU) → Dense input_dim."""
+    # Layer names (they end up in the .tflite) and random state must not depend on what this process
+    # built before: a fleet trained in one process or in many gives byte-identical bundles.
+    keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((input_dim,), name="window")
     x = inputs
