@@ -5,7 +5,8 @@ on this machine (``spawn``, so every worker starts its own TensorFlow); ``--dask
 same tasks to an existing ``dask.distributed`` scheduler, one task per machine id. Either way a task
 runs :func:`training.train.train_and_evaluate` — the very function the sequential path calls — and
 bundles are written as always (staging folder beside the target, atomic rename), so a half-finished
-fleet leaves every finished bundle usable. A failing id is reported and the others go on.
+fleet leaves every finished bundle usable. A failing id is reported and the others go on. On Dask each
+task trains in a fresh Python process started by the worker (see ``train_job_in_child``).
 
 Bundles are byte-identical whichever way they were trained: every model is built from a fresh Keras
 session with its seed (``autoencoder.build``), and nothing else in a task depends on the process.
@@ -98,6 +99,34 @@ def train_job(job: Job) -> Outcome:
                    seconds=time.monotonic() - started, tf_start_s=tf_start_s, history=history, worker=worker)
 
 
+def train_job_in_child(job: Job) -> Outcome:
+    """``train_job`` in a fresh Python process started by this one (the Dask task).
+
+    Measured: a model trained inside a Dask worker process came out different (other sha256 of
+    model.tflite) from the same model trained sequentially or in a ``--jobs`` worker, even with one
+    thread per worker and the same environment; a fresh interpreter per task gives the same bytes, and
+    frees TensorFlow's memory after every id. The cost is one TensorFlow start-up per task. Dask
+    workers are daemon processes (no ``multiprocessing`` children), hence ``subprocess``.
+    """
+    import pickle
+    import subprocess
+    import tempfile
+
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="edge-monitor-task-") as tmp:
+        job_file, outcome_file = Path(tmp) / "job.pickle", Path(tmp) / "outcome.pickle"
+        job_file.write_bytes(pickle.dumps(job))
+        code = ("import pickle, sys; from pathlib import Path; from training.fleet import train_job; "
+                "o = train_job(pickle.loads(Path(sys.argv[1]).read_bytes())); "
+                "Path(sys.argv[2]).write_bytes(pickle.dumps(o))")
+        proc = subprocess.run([sys.executable, "-c", code, str(job_file), str(outcome_file)],
+                              stdout=subprocess.DEVNULL, check=False)
+        if proc.returncode != 0 or not outcome_file.is_file():
+            return Outcome(job.key, False, error=f"training process ended with exit code {proc.returncode}",
+                           bug=True, seconds=time.monotonic() - started, worker=f"{os.uname().nodename}")
+        return pickle.loads(outcome_file.read_bytes())
+
+
 _configured_level: str | None = None
 
 
@@ -181,7 +210,7 @@ def run_fleet(jobs: list[Job], *, workers: int = 1, dask_address: str | None = N
         try:
             slots = max(1, len(client.scheduler_info().get("workers", {})))
             executor: cf.Executor = client.get_executor(pure=False)
-            _drain(executor, jobs, Progress(len(jobs), slots, out=out), finished)
+            _drain(executor, jobs, Progress(len(jobs), slots, out=out), finished, task=train_job_in_child)
         finally:
             client.close()
         return outcomes
@@ -194,9 +223,9 @@ def run_fleet(jobs: list[Job], *, workers: int = 1, dask_address: str | None = N
 
 
 def _drain(executor: cf.Executor, jobs: list[Job], progress: Progress,
-           finished: Callable[[Outcome, Progress], None]) -> None:
+           finished: Callable[[Outcome, Progress], None], task: Callable[[Job], Outcome] = train_job) -> None:
     """Submit one task per job; report each as it finishes and a progress line while they run."""
-    futures = {executor.submit(train_job, job): job for job in jobs}
+    futures = {executor.submit(task, job): job for job in jobs}
     pending = set(futures)
     while pending:
         done, pending = cf.wait(pending, timeout=PROGRESS_SECONDS, return_when=cf.FIRST_COMPLETED)
@@ -252,7 +281,7 @@ def run_train(args, groups: dict[str, list[Clip]], settings, cache_dir: Path | N
         from .tracking import Tracker
 
         tracker = Tracker.open(args.mlflow, args.out)
-    level = args.log_level or "info"
+    level = getattr(args, "log_level", None) or "info"  # make-demo calls run() without the global options
     jobs = [Job(key, tuple(clips), args.out / key, tuple(_test_clips_for(args.data, clips[0])), settings, cache_dir,
                 level) for key, clips in groups.items()]
     if args.dask is None:
