@@ -55,6 +55,9 @@ def build(input_dim: int, hidden: int = 128, bottleneck: int = 8, seed: int = 0,
     ``output_dim`` None: ``input_dim`` (the autoencoder); the interpolation network (IDNN) reads the
     window without its centre frame and outputs the centre frame (``n_mels`` values).
     """
+    # Layer names (they end up in the .tflite) and random state must not depend on what this process
+    # built before: a fleet trained in one process or in many gives byte-identical bundles.
+    keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((input_dim,), name="window")
     x = inputs

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from edge_monitor.core.manifest import MANIFEST_FILE, Manifest
 from edge_monitor.core.model import Bundle, WindowScorer
 from edge_monitor.core.wav import load_audio, parse_channel
 
-from . import report
+from . import plant, report
 from .data import Clip, find_test_clips
 from .metrics import auc, pauc
 
@@ -33,6 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("test_dir", type=Path, help="labelled test clips (normal_*/anomaly_* or normal/ abnormal/)")
     parser.add_argument("--out", type=Path, help="report folder (default: BUNDLE/evaluation per bundle)")
     parser.add_argument("--channel", default="0", help="channel of multi-channel files: index or 'mix'")
+    # plant metrics (training/plant.py)
+    parser.add_argument("--apply-threshold", choices=("f1",), default=None,
+                        help="write the F1-optimal clip threshold found on these clips into the bundle")
+    parser.add_argument("--labels", type=Path, default=None,
+                        help="labelled field clips: <state>/labels or <state>/labels/<monitor> with normal/ and "
+                             "anomaly/ (default: /var/lib/edge-monitor/labels when it exists)")
 
 
 def find_bundles(path: Path) -> list[Bundle]:
@@ -58,15 +65,31 @@ def run(args: argparse.Namespace) -> int:
         except UserError:
             clips = []
         mine = [c for c in clips if c.machine_id in (None, bundle.machine_id)]
+        mine += plant.field_clips(getattr(args, "labels", None), bundle)
         if not mine:
             print(f"{bundle.name}: no labelled test clips for it in {args.test_dir}")
             continue
         out = (args.out / bundle.name if multi else args.out) if args.out else bundle.path / "evaluation"
         results.append(evaluate_bundle(bundle, mine, out, channel=channel))
+        if getattr(args, "apply_threshold", None) == "f1":
+            _apply_f1(bundle, results[-1], args.test_dir)
     if not results:
         raise UserError(f"{args.test_dir}: no labelled test clips (normal_*/anomaly_* names or normal/ and "
                         f"abnormal/ folders) for {', '.join(b.name for b in bundles)}")
     return 0
+
+
+def _apply_f1(bundle: Bundle, result: dict, source: Path) -> None:
+    optimal = result["plant"]["f1_optimal"]
+    if optimal is None:
+        raise UserError(f"{bundle.name}: --apply-threshold f1 needs both normal and anomalous clips")
+    if optimal["anomalous_clips"] < plant.MIN_ANOMALIES_TO_APPLY:
+        print(f"edge-monitor: warning: {bundle.name}: F1-optimal threshold from only {optimal['anomalous_clips']} "
+              f"anomalous clips (fewer than {plant.MIN_ANOMALIES_TO_APPLY}); it may not hold on new audio",
+              file=sys.stderr)
+    previous = plant.apply_threshold(bundle, optimal, str(source))
+    print(f"{bundle.name}: clip threshold {previous:.4g} -> {optimal['threshold']:.4g} (F1-optimal) written to "
+          f"{bundle.path / MANIFEST_FILE}; decision thresholds unchanged")
 
 
 def _fmt(value: float | None) -> str:
@@ -108,6 +131,11 @@ def evaluate_bundle(bundle: Bundle, clips: list[Clip], out: Path, *, channel: in
     ]
     if result["float"] and both:
         result["auc_int8_minus_float"] = result["int8"]["auc"] - result["float"]["auc"]
+    result["plant"], found = plant.plant_figures(bundle, [c for c, _, _ in scored], labels, s_int8, channel)
+    by_file = {v.file: v for v in found}
+    for row in result["files"]:  # the detector's verdict per clip
+        v = by_file.get(row["file"])
+        row.update({"alerts_s": list(v.alerts), "onset_s": v.onset_s, "delay_s": v.delay_s} if v else {})
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "scores.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -118,6 +146,8 @@ def evaluate_bundle(bundle: Bundle, clips: list[Clip], out: Path, *, channel: in
     (out / "results.json").write_text(json.dumps(result, indent=1))
     plots = report.evaluation_plots(out, labels, s_int8, s_float, bundle.threshold) if both else {}
     report.write_evaluation_report(out, result, plots)
+    with open(out / "report.md", "a") as handle:
+        handle.write(plant.report_section(result["plant"]))
     if record_in_manifest:  # through the type, atomically: a crash leaves the old manifest whole
         manifest_path = bundle.path / MANIFEST_FILE
         manifest = Manifest.read(manifest_path)
@@ -129,6 +159,7 @@ def evaluate_bundle(bundle: Bundle, clips: list[Clip], out: Path, *, channel: in
         f"int8 AUC {_fmt(f8.get('auc'))} pAUC {_fmt(f8.get('pauc'))} | float AUC {_fmt(ff.get('auc'))} "
         f"pAUC {_fmt(ff.get('pauc'))} | flagged {f8['flagged']}/{len(scored)} | report {out / 'report.md'}"
     )
+    print(plant.summary_line(bundle.name, result["plant"]))
     return result
 
 
@@ -140,5 +171,6 @@ def _figures(labels: np.ndarray, scores: np.ndarray, threshold: float, both: boo
         "detected": int((flagged & (labels == 1)).sum()),
         "auc": auc(labels, scores) if both else None,
         "pauc": pauc(labels, scores, MAX_FPR) if both else None,
+        **plant.threshold_figures(labels, scores, threshold),  # precision, recall, F1
     }
     return figures

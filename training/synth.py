@@ -398,13 +398,15 @@ def generate_dataset(
     severity: float = 0.5,
     faults: tuple[str, ...] = FAULTS,
     seed: int = 0,
+    fault_onset: float | None = None,
 ) -> list[Path]:
     """Write a DCASE-2020-layout data set and return the written paths.
 
     ``out/<kind>/train/normal_id_XX_NNNNNNNN.wav`` and ``out/<kind>/test/{normal,anomaly}_id_XX_NNNNNNNN.wav``
     (16-bit PCM mono).  Anomaly ``i`` has fault ``faults[i % len(faults)]`` over the whole clip.
     Every file has its own random stream derived from (seed, kind, id, split, index), so a file's
-    content does not depend on what else is generated.
+    content does not depend on what else is generated. With ``fault_onset`` each anomalous clip is
+    normal until that second and its onset is written beside it (``<clip>.json``, see ``training.plant``).
     """
     from edge_monitor.core.wav import (
         write_wav,  # the I/O layer; synth_clip itself needs only numpy/scipy
@@ -433,10 +435,16 @@ def generate_dataset(
                 for index in range(count):
                     fault = faults[index % len(faults)] if label == "anomaly" else None
                     rng = _file_rng(seed, kind, machine_id, code, index)
-                    clip = synth_clip(kind, machine_id, duration, sample_rate, rng=rng, fault=fault, severity=severity)
+                    onset = fault_onset if fault is not None else None
+                    clip = synth_clip(kind, machine_id, duration, sample_rate, rng=rng, fault=fault, severity=severity,
+                                      fault_onset=onset)
                     path = Path(out) / kind / folder / f"{label}_id_{machine_id:02d}_{index:08d}.wav"
                     path.parent.mkdir(parents=True, exist_ok=True)
                     write_wav(path, clip, sample_rate, encoding="pcm16")
+                    if onset is not None:
+                        from .plant import write_onset
+
+                        write_onset(path, onset)
                     written.append(path)
     return written
 
@@ -458,6 +466,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--severity", type=float, default=0.5, help="fault strength in [0, 1] (default: 0.5)")
     parser.add_argument("--faults", default=faults, help=f"comma-separated faults, cycled (default: {faults})")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--fault-onset", type=float, default=None, metavar="S",
+                        help="anomalous clips are normal until S seconds, then the fault starts; the onset is "
+                             "written beside each clip (<clip>.json) for evaluate's detection delay")
 
 
 def _split_list(text: str) -> tuple[str, ...]:
@@ -483,6 +494,7 @@ def run(args: argparse.Namespace) -> int:
         severity=args.severity,
         faults=faults,
         seed=args.seed,
+        fault_onset=args.fault_onset,
     )
     n_clips = args.train + args.test_normal + args.test_anomaly
     for kind in dict.fromkeys(_split_list(args.kinds)):

@@ -101,6 +101,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--architecture", choices=("ae", "idnn"), default=TrainSettings.architecture,
                         help="ae: dense autoencoder of the window (DCASE 2020 baseline); idnn: interpolation "
                              "network, the window without its centre frame predicts that frame (Suefusa 2020)")
+    from .fleet import add_fleet_arguments  # --jobs, --dask, --mlflow
+
+    add_fleet_arguments(parser)
 
 
 def settings_from_args(args: argparse.Namespace) -> TrainSettings:
@@ -126,17 +129,23 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     groups = find_training_clips(args.data, args.machine, args.machine_id)
     cache_dir = None if args.no_cache else (args.cache or args.out / ".feature-cache")
-    params = FeatureParams()
-    for key, clips in groups.items():
-        bundle = train_one(clips, args.out / key, params, settings, FeatureCache(cache_dir, params, settings.channel))
-        test = _test_clips_for(args.data, clips[0])
-        if test:
-            from .evaluate import evaluate_bundle
+    from .fleet import run_train  # --jobs / --dask / --mlflow: training/fleet.py, training/tracking.py
 
-            evaluate_bundle(bundle, test, bundle.path / "evaluation", channel=settings.channel,
-                            record_in_manifest=True)
-        print(f"{key}: bundle {bundle.path} threshold {bundle.threshold:.4g}")
-    return 0
+    return run_train(args, groups, settings, cache_dir)
+
+
+def train_and_evaluate(clips: list[Clip], out: Path, test_clips: list[Clip], settings: TrainSettings,
+                       cache_dir: Path | None, *, history_out: dict | None = None) -> Bundle:
+    """One machine id: train its bundle into ``out``, then evaluate its labelled test clips when there are any."""
+    params = FeatureParams()
+    bundle = train_one(clips, out, params, settings, FeatureCache(cache_dir, params, settings.channel),
+                       history_out=history_out)
+    if test_clips:
+        from .evaluate import evaluate_bundle
+
+        evaluate_bundle(bundle, test_clips, bundle.path / "evaluation", channel=settings.channel,
+                        record_in_manifest=True)
+    return bundle
 
 
 def _test_clips_for(data: Path, clip: Clip) -> list[Clip]:
@@ -234,7 +243,8 @@ def _promote(staging: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def train_one(clips: list[Clip], out: Path, params: FeatureParams, settings: TrainSettings, cache: FeatureCache) -> Bundle:
+def train_one(clips: list[Clip], out: Path, params: FeatureParams, settings: TrainSettings, cache: FeatureCache,
+              *, history_out: dict | None = None) -> Bundle:
     from . import autoencoder  # TensorFlow only from here on
 
     key = clips[0].key
@@ -273,6 +283,8 @@ def train_one(clips: list[Clip], out: Path, params: FeatureParams, settings: Tra
     history = autoencoder.fit(model, train_x, val_x, epochs=settings.epochs, batch_size=settings.batch_size,
                               patience=settings.patience, report=bound.info, train_target=train_y, val_target=val_y)
     fit_s = time.monotonic() - fit_started
+    if history_out is not None:  # losses per epoch for experiment tracking (training/tracking.py)
+        history_out.update(history)
     rng = np.random.default_rng(settings.seed + 1)
     representative = train_x[rng.choice(len(train_x), min(settings.representative_windows, len(train_x)), replace=False)]
     int8_bytes = autoencoder.export_tflite(model, representative)

@@ -33,7 +33,7 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "train": Command("training.train", "train one int8 bundle per machine id from normal WAVs (needs the train extra)",
                      "edge-monitor train data/dcase/fan --machine fan --id 00 --out models"),
-    "evaluate": Command("training.evaluate", "AUC/pAUC of a bundle (int8 and float) on labelled test clips",
+    "evaluate": Command("training.evaluate", "AUC/pAUC (int8 and float), precision/recall/F1 and the detector's verdicts on labelled test clips",
                         "edge-monitor evaluate models/fan-id_00 data/dcase/fan"),
     "replay": Command("edge_monitor.commands.replay",
                       "push WAV files through the monitoring pipeline; exit 1 when an anomaly is found",
