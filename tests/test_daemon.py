@@ -280,14 +280,13 @@ def test_one_stream_feeds_two_monitors_and_reload_restarts_only_the_changed_one(
     assert accepted and accepted[0]["kept"] == ["fan-b"] and accepted[0]["restarted"] == ["fan-a"], node.output()
 
 
-def test_watchdog_pings_only_while_every_monitor_processes(tmp_path, monkeypatch, pulse_server):
-    """In-process, real parts: a Daemon's monitor on the PulseAudio device, and its watchdog decision
-    while audio flows, while it has stalled (the audio server frozen with SIGSTOP), while the device
-    is known lost, and after the processing thread died."""
+def daemon_in_process(tmp_path, monkeypatch, pulse_server):
+    """A Daemon in this process with one monitor ``a`` on the PulseAudio device, started as ``run`` starts it
+    (without the main loop, so a test can drive supervision, the watchdog decision and reloads itself)."""
     from edge_monitor.node import mic
     from edge_monitor.node.bundles import open_bundles
     from edge_monitor.node.config import load
-    from edge_monitor.node.daemon import STALL_SECONDS, Daemon, plan
+    from edge_monitor.node.daemon import Daemon, plan
 
     pulse_server.apply(monkeypatch)
     assert mic.rescan_devices()
@@ -301,6 +300,20 @@ def test_watchdog_pings_only_while_every_monitor_processes(tmp_path, monkeypatch
     try:
         for key, group in daemon.groups.items():
             daemon._start_group(key, group, monitors)
+    except BaseException:
+        daemon._shutdown("test")
+        raise
+    return daemon, config
+
+
+def test_watchdog_pings_only_while_every_monitor_processes(tmp_path, monkeypatch, pulse_server):
+    """In-process, real parts: a Daemon's monitor on the PulseAudio device, and its watchdog decision
+    while audio flows, while it has stalled (the audio server frozen with SIGSTOP), while the device
+    is known lost, and after the processing thread died."""
+    from edge_monitor.node.daemon import STALL_SECONDS
+
+    daemon, _config = daemon_in_process(tmp_path, monkeypatch, pulse_server)
+    try:
         daemon._wait_for_audio()
         time.sleep(1.0)
         assert daemon.healthy()  # audio flows and is processed
@@ -414,25 +427,8 @@ def test_a_reload_while_the_microphone_is_lost_keeps_the_sensor_fault(node_facto
 def test_a_restarted_monitor_gets_a_ring_of_its_own(tmp_path, monkeypatch, pulse_server):
     """Defect 2 (second half): a new runner was given the ring of an old thread that might not have ended
     within its join timeout: two readers on a single-consumer ring. Now the capture feeds a new ring."""
-    from edge_monitor.node import mic
-    from edge_monitor.node.config import load
-    from edge_monitor.node.daemon import Daemon
-
-    pulse_server.apply(monkeypatch)
-    assert mic.rescan_devices()
-    config = tmp_path / "c.yaml"
-    config.write_text(f"node: n\naudio:\n  device: pulse\nmonitors:\n  - name: a\n    model: {BUNDLE}\n")
-    daemon = Daemon(config, load(config))
-    from edge_monitor.node.bundles import open_bundles
-    from edge_monitor.node.daemon import plan
-
-    daemon.bundles = open_bundles(daemon.settings)
-    daemon.groups = plan(daemon.settings, daemon.bundles)
-    monitors = daemon._build_monitors(daemon.settings, daemon.bundles, daemon.groups, {"a"})
-    daemon._start_publisher()
+    daemon, config = daemon_in_process(tmp_path, monkeypatch, pulse_server)
     try:
-        for key, group in daemon.groups.items():
-            daemon._start_group(key, group, monitors)
         old_runner = daemon.runners["a"]
         old_ring = old_runner.ring
         capture = next(iter(daemon.captures.values()))

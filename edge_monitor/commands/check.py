@@ -12,8 +12,8 @@ from pathlib import Path
 from edge_monitor.core.detector import decision_threshold
 from edge_monitor.core.errors import UserError
 from edge_monitor.node.bundles import open_bundles
-from edge_monitor.node.sinks import NodeSink
 from edge_monitor.node.config import load
+from edge_monitor.node.sinks import NodeSink
 
 DEFAULT_CONFIGS = (Path("/etc/edge-monitor/config.yaml"), Path("config.yaml"))
 

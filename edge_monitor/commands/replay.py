@@ -26,8 +26,8 @@ from edge_monitor.core.model import Bundle, WindowScorer
 from edge_monitor.core.monitor import REPLAY_BATCH, REPLAY_BLOCK_SECONDS, Monitor
 from edge_monitor.core.wav import parse_channel
 from edge_monitor.node.bundles import open_bundles
-from edge_monitor.node.sinks import NodeSink
 from edge_monitor.node.settings import AudioSettings, MonitorSettings, Settings
+from edge_monitor.node.sinks import NodeSink
 
 DEMO_BUNDLE = DEMO_DIR / "fan-id_00"
 

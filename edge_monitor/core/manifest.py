@@ -56,6 +56,7 @@ import numpy as np
 
 from edge_monitor.core.errors import BundleError, FeatureError
 from edge_monitor.core.features import LOG_OFFSET, FeatureParams
+from edge_monitor.core.files import TooLarge, read_capped
 
 FORMAT = "edge-monitor-bundle"
 FORMAT_VERSION = 1
@@ -252,13 +253,12 @@ class Manifest:
         """Parse and validate ``path`` (at most ``MAX_MANIFEST_BYTES``); ``BundleError`` names the field."""
         path = Path(path)
         try:
-            with open(path, "rb") as handle:
-                blob = handle.read(MAX_MANIFEST_BYTES + 1)
+            blob = read_capped(path, MAX_MANIFEST_BYTES)
+        except TooLarge:
+            raise BundleError(f"{path}: larger than {MAX_MANIFEST_BYTES >> 20} MiB, not a bundle manifest; "
+                              "re-copy the bundle") from None
         except OSError as exc:
             raise BundleError(f"{path}: cannot be read ({exc.strerror or exc}); re-copy the bundle") from None
-        if len(blob) > MAX_MANIFEST_BYTES:
-            raise BundleError(f"{path}: larger than {MAX_MANIFEST_BYTES >> 20} MiB, not a bundle manifest; "
-                              "re-copy the bundle")
         try:
             data = json.loads(blob.decode("utf-8"))
         except RecursionError:

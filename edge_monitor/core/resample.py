@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 
-
 _PIECE = 4096  # input samples per internal step (measured: 8-s blocks at 48 kHz ran 10 x slower in one step)
 _FEW_PHASES = 4  # up to this many polyphase phases, strided views beat gathering (48 -> 16 kHz: 1.8 x faster)
 

@@ -25,6 +25,7 @@ import yaml
 
 from edge_monitor.core.checks import At, Invalid, show, where
 from edge_monitor.core.errors import UserError
+from edge_monitor.core.files import TooLarge, read_capped
 from edge_monitor.node.settings import MqttSettings, Settings
 
 MAX_CONFIG_BYTES = 1 << 20
@@ -41,16 +42,15 @@ def load(path: str | Path) -> Settings:
     """Read and validate a YAML config file; relative paths in it are taken from the file's folder."""
     source = str(path)
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_CONFIG_BYTES + 1)
+        raw = read_capped(path, MAX_CONFIG_BYTES)
+    except TooLarge:
+        raise ConfigError(f"{source}: larger than {MAX_CONFIG_BYTES >> 20} MiB; this is not a node config") from None
     except FileNotFoundError:
         raise ConfigError(f"{source}: config file not found") from None
     except IsADirectoryError:
         raise ConfigError(f"{source}: is a directory, expected a YAML config file") from None
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read config file: {exc.strerror or exc}") from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{source}: larger than {MAX_CONFIG_BYTES >> 20} MiB; this is not a node config")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -21,6 +21,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge_monitor.core.errors import UserError
+from edge_monitor.core.files import TooLarge, read_capped
 from edge_monitor.node.settings import MqttSettings, TlsSettings
 
 SESSION_EXPIRY_SECONDS = 86_400   # MQTT 5: the broker keeps our session this long after the link drops
@@ -31,13 +32,12 @@ def read_password(settings: MqttSettings) -> str | None:
     """The password from ``password_file`` (trailing newline stripped) or the variable ``password_env``."""
     if settings.password_file:
         try:
-            with open(settings.password_file, "rb") as handle:
-                raw = handle.read(MAX_PASSWORD_BYTES + 1)
+            raw = read_capped(settings.password_file, MAX_PASSWORD_BYTES)
+        except TooLarge:
+            raise UserError(f"mqtt.password_file {settings.password_file}: longer than {MAX_PASSWORD_BYTES} bytes; "
+                            "it must hold only the password") from None
         except OSError as exc:
             raise UserError(f"mqtt.password_file {settings.password_file}: cannot read it ({exc.strerror})") from None
-        if len(raw) > MAX_PASSWORD_BYTES:
-            raise UserError(f"mqtt.password_file {settings.password_file}: longer than {MAX_PASSWORD_BYTES} bytes; "
-                            "it must hold only the password")
         try:
             return raw.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError:

@@ -275,13 +275,7 @@ class Outbox:
                 if exc.errno != errno.EROFS or not self.path.exists():
                     raise
                 self._lockfd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-            try:
-                fcntl.flock(self._lockfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(self._lockfd)
-                self._lockfd = None
-                raise UserError(f"mqtt.outbox.path {self.path} is in use by another edge-monitor process; "
-                                "give each process its own outbox") from None
+            self._lock_exclusively()
             if not existed:
                 st = os.fstat(self._lockfd)
                 self._made = (st.st_dev, st.st_ino)
@@ -450,6 +444,10 @@ class Outbox:
         self._lockfd = create_file(self.path, exclusive=True)
         st = os.fstat(self._lockfd)
         self._made = (st.st_dev, st.st_ino)
+        self._lock_exclusively()
+
+    def _lock_exclusively(self) -> None:
+        """The database file is its own lock: one process per outbox."""
         try:
             fcntl.flock(self._lockfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
