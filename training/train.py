@@ -89,6 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-cache", action="store_true", help="do not cache features")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--strict", action="store_true", help="fail on an unreadable WAV instead of skipping it")
+    parser.add_argument("--fmax", default=None, metavar="HZ|nyquist",
+                        help="upper edge of the mel bands (default: FeatureParams' default, below the roll-off of "
+                             "common resamplers; 'nyquist' = sample_rate/2, the DCASE setting)")
 
 
 def settings_from_args(args: argparse.Namespace) -> TrainSettings:
@@ -110,11 +113,28 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     )
 
 
+def feature_params_from_args(args: argparse.Namespace) -> FeatureParams:
+    """The feature parameters a new bundle gets: the defaults, with ``--fmax`` when given."""
+    text = getattr(args, "fmax", None)
+    if text is None:
+        return FeatureParams()
+    nyquist = FeatureParams.sample_rate / 2
+    if str(text).strip().lower() == "nyquist":
+        return FeatureParams(fmax=nyquist)
+    try:
+        fmax = float(text)
+    except ValueError:
+        fmax = float("nan")
+    if not 0 < fmax <= nyquist:
+        raise UserError(f"--fmax: expected a frequency in Hz in (0, {nyquist:g}] or 'nyquist', got {text!r}")
+    return FeatureParams(fmax=fmax)
+
+
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
+    params = feature_params_from_args(args)
     groups = find_training_clips(args.data, args.machine, args.machine_id)
     cache_dir = None if args.no_cache else (args.cache or args.out / ".feature-cache")
-    params = FeatureParams()
     for key, clips in groups.items():
         bundle = train_one(clips, args.out / key, params, settings, FeatureCache(cache_dir, params, settings.channel))
         test = _test_clips_for(args.data, clips[0])
