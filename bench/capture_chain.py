@@ -43,7 +43,7 @@ import numpy as np
 from scipy.signal import resample, resample_poly
 
 from edge_monitor.commands import main as cli
-from edge_monitor.core.features import FeatureParams, log_mel
+from edge_monitor.core.features import log_mel
 from edge_monitor.core.model import Bundle, WindowScorer
 from edge_monitor.core.resample import StreamResampler
 from edge_monitor.core.wav import load_audio, write_wav
@@ -106,7 +106,9 @@ def make_chains(clips: list[Path], work: Path, pulse: bool) -> dict[str, list[Pa
 
 def pulse_round_trips(todo: list[tuple[Path, Path]], root: Path) -> None:
     sys.path.insert(0, str(HERE.parent / "tests"))
-    from pulse import PulseServer  # the tests' private PulseAudio server (48-kHz null sink)
+    from pulse import (
+        PulseServer,  # the tests' private PulseAudio server (48-kHz null sink)
+    )
 
     shutil.rmtree(root, ignore_errors=True)
     server = PulseServer(root).start()
