@@ -48,16 +48,20 @@ def assert_close_where_audible(ours: np.ndarray, reference: np.ndarray) -> None:
 
 def test_defaults_are_dcase2020():
     assert (P.sample_rate, P.n_fft, P.hop_length, P.n_mels, P.frames, P.power) == (16000, 1024, 512, 128, 5, 2.0)
-    assert P.f_max == 8000 and P.window_size == 640
+    assert P.window_size == 640
+    # except the upper mel edge: 75 % of Nyquist, below resamplers' roll-off (tests/test_capture_chain.py)
+    assert P.f_max == 6000 and FeatureParams(sample_rate=22050).f_max == pytest.approx(0.75 * 11025)
 
 
-def test_filterbank_matches_librosa_slaney():
-    ours = mel_filterbank(P)
-    ref = librosa.filters.mel(sr=16000, n_fft=1024, n_mels=128, fmin=0, fmax=8000)
+@pytest.mark.parametrize("fmax", [None, 8000.0])
+def test_filterbank_matches_librosa_slaney(fmax):
+    p = FeatureParams(fmax=fmax)
+    ours = mel_filterbank(p)
+    ref = librosa.filters.mel(sr=16000, n_fft=1024, n_mels=128, fmin=0, fmax=p.f_max)
     np.testing.assert_allclose(ours.T, ref, atol=1e-7)
     assert not ours.flags.writeable
-    edges = mel_band_edges(P)
-    assert edges[0] == 0 and edges[-1] == pytest.approx(8000)
+    edges = mel_band_edges(p)
+    assert edges[0] == 0 and edges[-1] == pytest.approx(p.f_max)
 
 
 def test_log_mel_matches_librosa_on_synthetic_signals():
@@ -204,7 +208,9 @@ def test_bad_parameters_name_the_field(kwargs, field):
 
 
 def test_params_round_trip_through_dict():
-    assert FeatureParams.from_dict(P.to_dict()) == P == FeatureParams(fmax=8000.0)
+    assert FeatureParams.from_dict(P.to_dict()) == P == FeatureParams(fmax=6000.0)
+    # a manifest written before the default moved keeps its own edge
+    assert FeatureParams.from_dict({**P.to_dict(), "fmax": 8000.0}).f_max == 8000.0
     with pytest.raises(FeatureError, match="unknown parameter"):
         FeatureParams.from_dict({**P.to_dict(), "center": True})
 

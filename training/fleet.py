@@ -55,6 +55,7 @@ class Job:
     settings: object  # training.train.TrainSettings (not imported here: this module is imported by train.py)
     cache_dir: Path | None
     log_level: str = "info"
+    params: object = None  # edge_monitor.core.features.FeatureParams (None: the defaults)
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ def train_job(job: Job) -> Outcome:
             tf_start_s = 0.0 if tf_loaded else time.monotonic() - tf_started
             history: dict = {}
             bundle = train_and_evaluate(list(job.clips), job.out, list(job.test_clips), job.settings, job.cache_dir,
-                                        history_out=history)
+                                        params=job.params, history_out=history)
         except UserError as exc:
             return Outcome(job.key, False, error=str(exc), seconds=time.monotonic() - started, worker=worker)
         except Exception as exc:  # noqa: BLE001 - a bug in one id must not stop the fleet; reported as a bug
@@ -269,7 +270,7 @@ def add_fleet_arguments(parser) -> None:
                              "or a tracking server http://HOST:5000, or sqlite:///PATH)")
 
 
-def run_train(args, groups: dict[str, list[Clip]], settings, cache_dir: Path | None) -> int:
+def run_train(args, groups: dict[str, list[Clip]], settings, cache_dir: Path | None, params=None) -> int:
     """Train every group (machine id) of ``groups``; 0 when all were written, else 2 (or 70 for a bug)."""
     from .train import _test_clips_for
 
@@ -283,7 +284,7 @@ def run_train(args, groups: dict[str, list[Clip]], settings, cache_dir: Path | N
         tracker = Tracker.open(args.mlflow, args.out)
     level = getattr(args, "log_level", None) or "info"  # make-demo calls run() without the global options
     jobs = [Job(key, tuple(clips), args.out / key, tuple(_test_clips_for(args.data, clips[0])), settings, cache_dir,
-                level) for key, clips in groups.items()]
+                level, params) for key, clips in groups.items()]
     if args.dask is None:
         workers = min(workers, len(jobs))
     on_outcome = None

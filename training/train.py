@@ -104,6 +104,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .fleet import add_fleet_arguments  # --jobs, --dask, --mlflow
 
     add_fleet_arguments(parser)
+    parser.add_argument("--fmax", default=None, metavar="HZ|nyquist",
+                        help="upper edge of the mel bands (default: FeatureParams' default, below the roll-off of "
+                             "common resamplers; 'nyquist' = sample_rate/2, the DCASE setting)")
 
 
 def settings_from_args(args: argparse.Namespace) -> TrainSettings:
@@ -125,19 +128,38 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     )
 
 
+def feature_params_from_args(args: argparse.Namespace) -> FeatureParams:
+    """The feature parameters a new bundle gets: the defaults, with ``--fmax`` when given."""
+    text = getattr(args, "fmax", None)
+    if text is None:
+        return FeatureParams()
+    nyquist = FeatureParams.sample_rate / 2
+    if str(text).strip().lower() == "nyquist":
+        return FeatureParams(fmax=nyquist)
+    try:
+        fmax = float(text)
+    except ValueError:
+        fmax = float("nan")
+    if not 0 < fmax <= nyquist:
+        raise UserError(f"--fmax: expected a frequency in Hz in (0, {nyquist:g}] or 'nyquist', got {text!r}")
+    return FeatureParams(fmax=fmax)
+
+
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
+    params = feature_params_from_args(args)
     groups = find_training_clips(args.data, args.machine, args.machine_id)
     cache_dir = None if args.no_cache else (args.cache or args.out / ".feature-cache")
     from .fleet import run_train  # --jobs / --dask / --mlflow: training/fleet.py, training/tracking.py
 
-    return run_train(args, groups, settings, cache_dir)
+    return run_train(args, groups, settings, cache_dir, params)
 
 
 def train_and_evaluate(clips: list[Clip], out: Path, test_clips: list[Clip], settings: TrainSettings,
-                       cache_dir: Path | None, *, history_out: dict | None = None) -> Bundle:
+                       cache_dir: Path | None, *, params: FeatureParams | None = None,
+                       history_out: dict | None = None) -> Bundle:
     """One machine id: train its bundle into ``out``, then evaluate its labelled test clips when there are any."""
-    params = FeatureParams()
+    params = params or FeatureParams()
     bundle = train_one(clips, out, params, settings, FeatureCache(cache_dir, params, settings.channel),
                        history_out=history_out)
     if test_clips:

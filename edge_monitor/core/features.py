@@ -1,6 +1,7 @@
 """Log-mel features: the one implementation used by training, evaluation, replay and the daemon.
 
-DCASE 2020 Task 2 settings by default (16 kHz, n_fft 1024, hop 512, 128 mels, 5 stacked frames),
+DCASE 2020 Task 2 settings by default (16 kHz, n_fft 1024, hop 512, 128 mels, 5 stacked frames) except
+the upper mel edge (``DEFAULT_FMAX_FRACTION`` of Nyquist, not Nyquist itself),
 periodic Hann window, Slaney mel scale with Slaney area normalisation (librosa's defaults), power
 spectrum, and ``10·log10(mel + 2.2e-16)``. Frames are "valid" frames: frame ``i`` covers samples
 ``[i·hop, i·hop + n_fft)`` with no centre padding, so a stream cut into any blocks and the whole
@@ -29,6 +30,16 @@ _CHUNK_FRAMES = 2048
 """Frames computed per FFT call in ``log_mel``: bounds the temporary memory for long signals."""
 
 
+DEFAULT_FMAX_FRACTION = 0.75
+"""Default upper mel edge as a fraction of Nyquist (6000 Hz at 16 kHz), below the roll-off of the
+resamplers a capture chain puts between the machine and the model: sox ends its passband at 95 % of
+Nyquist, ``scipy.signal.resample_poly`` and ``StreamResampler`` are -0.3 dB at 86 %, PulseAudio 16's
+default resampler (a 16-kHz client of a 48-kHz device) is -1 dB at 71 % for a round trip. With bands up
+to Nyquist (the DCASE setting, and the default before) a normal clip that went through a 44.1/48-kHz
+stage and back scored as an anomaly; see README "The capture chain" and ``bench/capture_chain.py``.
+Bundles made before keep the ``fmax`` their manifest records."""
+
+
 @dataclass(frozen=True)
 class FeatureParams:
     """Feature parameters; a model bundle's manifest records them and the runtime must match."""
@@ -38,7 +49,8 @@ class FeatureParams:
     hop_length: int = 512
     n_mels: int = 128
     fmin: float = 0.0
-    fmax: float | None = None  # None: sample_rate / 2 (stored as that number, so equal sets compare equal)
+    # None: DEFAULT_FMAX_FRACTION · sample_rate / 2 (stored as that number, so equal sets compare equal)
+    fmax: float | None = None
     power: float = 2.0
     frames: int = 5
 
@@ -60,14 +72,16 @@ class FeatureParams:
             raise bad("hop_length", f"must not exceed n_fft ({self.n_fft})")
         if self.n_fft % 2:
             raise bad("n_fft", "expected an even FFT size")
-        if self.fmax is not None and not (self.fmin < self.fmax <= self.sample_rate / 2):
+        if self.fmax is None:
+            object.__setattr__(self, "fmax", default_fmax(self.sample_rate))
+        if not (self.fmin < self.fmax <= self.sample_rate / 2):
             raise bad("fmax", f"expected fmin < fmax <= sample_rate/2 ({self.sample_rate / 2})")
         if not 0 <= self.fmin < self.sample_rate / 2:
             raise bad("fmin", f"expected 0 <= fmin < sample_rate/2 ({self.sample_rate / 2})")
         if self.power not in (1.0, 2.0):
             raise bad("power", "expected 1.0 (magnitude) or 2.0 (power)")
         object.__setattr__(self, "fmin", float(self.fmin))
-        object.__setattr__(self, "fmax", float(self.sample_rate) / 2 if self.fmax is None else float(self.fmax))
+        object.__setattr__(self, "fmax", float(self.fmax))
 
     @property
     def f_max(self) -> float:
@@ -88,6 +102,11 @@ class FeatureParams:
         if unknown:
             raise FeatureError(f"features: unknown parameter(s) {', '.join(unknown)}")
         return cls(**data)
+
+
+def default_fmax(sample_rate: int) -> float:
+    """The upper mel edge a new model gets at ``sample_rate``: ``DEFAULT_FMAX_FRACTION`` of Nyquist."""
+    return float(DEFAULT_FMAX_FRACTION * sample_rate / 2)
 
 
 # Slaney's Auditory Toolbox mel scale: linear below 1 kHz, logarithmic above.
