@@ -38,10 +38,11 @@ import numpy as np
 import structlog
 
 from edge_monitor.core.errors import AudioError, UserError
-from edge_monitor.core.model import MANIFEST_FILE, Bundle, WindowScorer
+from edge_monitor.core.loop import Loop, WavSource
+from edge_monitor.core.manifest import Threshold
+from edge_monitor.core.model import MANIFEST_FILE, Bundle, Manifest, WindowScorer
 from edge_monitor.core.monitor import REPLAY_BATCH, REPLAY_BLOCK_SECONDS, Monitor
 from edge_monitor.core.settings import MonitorSettings
-from edge_monitor.core.wav import load_audio
 
 from .data import Clip
 
@@ -101,20 +102,15 @@ def apply_threshold(bundle: Bundle, optimal: dict, source: str) -> float:
         log.warning("F1-optimal threshold from few anomalies", machine=bundle.name,
                     anomalous_clips=optimal["anomalous_clips"], recommended_at_least=MIN_ANOMALIES_TO_APPLY)
     path = bundle.path / MANIFEST_FILE
-    manifest = json.loads(path.read_text())
-    previous = dict(manifest["threshold"])
-    previous.pop("previous", None)
-    manifest["threshold"] = {
-        **manifest["threshold"],
-        "value": optimal["threshold"],
-        "method": "f1_optimal",
-        "f1": optimal["f1"], "precision": optimal["precision"], "recall": optimal["recall"],
-        "labelled_clips": {"normal": optimal["normal_clips"], "anomaly": optimal["anomalous_clips"], "from": source},
-        "previous": previous,
-    }
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    tmp.replace(path)
+    manifest = Manifest.read(path)  # through the type, written atomically
+    previous = {"value": manifest.threshold.value, **{k: v for k, v in manifest.threshold.info.items()
+                                                      if k != "previous"}}
+    info = {**manifest.threshold.info, "method": "f1_optimal", "f1": optimal["f1"],
+            "precision": optimal["precision"], "recall": optimal["recall"],
+            "labelled_clips": {"normal": optimal["normal_clips"], "anomaly": optimal["anomalous_clips"],
+                               "from": source},
+            "previous": previous}
+    manifest.replace(threshold=Threshold(float(optimal["threshold"]), info)).write(path)
     Bundle.load(bundle.path)  # still a valid bundle
     return float(previous["value"])
 
@@ -187,32 +183,45 @@ class Verdict:
         return 0 if self.onset_s is None else sum(1 for a in self.alerts if a < self.onset_s)
 
 
-def replay_clip(monitor: Monitor, samples: np.ndarray) -> list[float]:
-    """Positions of the ``anomaly_start`` events of one clip pushed through ``monitor`` as replay does."""
-    block = max(1, int(round(REPLAY_BLOCK_SECONDS * monitor.params.sample_rate)))
-    events = []
-    for start in range(0, len(samples), block):
-        events += monitor.process(samples[start : start + block])
-    events += monitor.finish("end_of_stream")
-    return [e.audio_position_s for e in events if e.type == "anomaly_start"]
+class _Starts:
+    """A sink of the one loop that keeps the positions of ``anomaly_start`` events."""
+
+    def __init__(self) -> None:
+        self.positions: list[float] = []
+
+    def event(self, event) -> None:  # noqa: ANN001
+        if event.type == "anomaly_start":
+            self.positions.append(event.audio_position_s)
+
+    def state(self, *args) -> None:  # noqa: ANN002
+        pass
+
+    def telemetry(self, *args) -> None:  # noqa: ANN002
+        pass
 
 
 def verdicts(bundle: Bundle, clips: list[Clip], channel: int | str = 0) -> list[Verdict]:
-    """Every clip through a fresh ``Monitor`` (default decision settings); one shared interpreter."""
-    settings = MonitorSettings(name=bundle.name, model=str(bundle.path))
+    """Every clip through a fresh ``Monitor`` (default decision settings) in the one loop replay and the
+    daemon run (``core.loop``: the file read from disk, resampled as replay does); one shared interpreter."""
+    settings = MonitorSettings(name=bundle.name, model=str(bundle.path), channel=channel)
     scorer = WindowScorer(bundle, batch_size=REPLAY_BATCH)
-    sr = bundle.params.sample_rate
     out = []
     for clip in clips:
         try:
-            samples = load_audio(clip.path, sr, channel)
+            source = WavSource(clip.path, channel, REPLAY_BLOCK_SECONDS)
         except AudioError as exc:
             raise UserError(str(exc)) from None
-        if len(samples) < settings.decision.window_seconds * sr:
+        if source.duration_s < settings.decision.window_seconds:
+            source.close()
             log.warning("clip shorter than one decision window: no verdict", file=str(clip.path), monitor=bundle.name)
             continue
         monitor = Monitor(settings, bundle, node="evaluate", source=str(clip.path), live=False, scorer=scorer)
-        out.append(Verdict(clip.path.name, int(clip.label), len(samples) / sr, tuple(replay_clip(monitor, samples)),
+        starts = _Starts()
+        try:
+            Loop(monitor, source, [starts]).run()
+        except AudioError as exc:
+            raise UserError(str(exc)) from None
+        out.append(Verdict(clip.path.name, int(clip.label), source.duration_s, tuple(starts.positions),
                            onset_of(clip.path)))
     return out
 
