@@ -202,3 +202,28 @@ def test_the_lightweight_fft_is_scipys_own():
     x = np.random.default_rng(4).standard_normal((37, P.n_fft)).astype(np.float32)
     np.testing.assert_array_equal(features._rfft(x), scipy.fft.rfft(x, axis=1))
     assert features._rfft(x).dtype == np.complex64
+
+
+def test_every_fft_call_transforms_a_multiple_of_16_rows(monkeypatch):
+    """On aarch64 pocketfft rounds a row's FFT differently in a SIMD group of rows (4, 8 or 16 with
+    NEON/SSE2, AVX, AVX-512) than among the rows left over, so a row count that depends on the block
+    size breaks live == replay there (the arm64 stage, tests/arm64.sh, shows it). x86 rounds both the
+    same, so this checks the cause here: the rows handed to the FFT, whatever the blocks."""
+    from edge_monitor.core import features
+
+    rows: list[int] = []
+    real = features._rfft
+
+    def counting(x: np.ndarray) -> np.ndarray:
+        rows.append(x.shape[0])
+        return real(x)
+
+    monkeypatch.setattr(features, "_rfft", counting)
+    x = synthetic(seconds=3.0, seed=5)
+    expected = log_mel(x)
+    for block in (1, 513, 1024, 7000):
+        stream = StreamingLogMel(P)
+        got = np.concatenate([stream.push(x[i : i + block]).copy() for i in range(0, len(x), block)])
+        np.testing.assert_array_equal(got, expected)
+    assert len(set(rows)) > 1 and all(n % 16 == 0 for n in rows), sorted(set(rows))
+    assert features._CHUNK_FRAMES % features._FFT_ROWS == 0
