@@ -257,8 +257,7 @@ export EDGE_MONITOR_MIMII=/opt/shared-data/mimii-fan-id00 TMPDIR=$RUN/tmp
 run_tests() {  # run_tests LABEL PYTHON [ENV=VALUE...]
   local label=$1 py=$2; shift 2
   step "pytest under arm64, $label:$FILES"
-  if ! TMO=1800 enter /usr/bin/env "$@" /bin/sh -c "cd /opt/stage && $py -m pytest -p no:cacheprovider -q -rfEs \
-      -o cache_dir=$RUN/tmp/cache $FILES" 2>&1 | tee "$RUN/pytest-$label.log"; then
+  if ! TMO=1800 enter /usr/bin/env "$@" /bin/sh -c "cd /opt/stage && $py -m pytest -p no:cacheprovider -q -rfEs $FILES" 2>&1 | tee "$RUN/pytest-$label.log"; then
     fail "pytest ($label)"
   fi
   grep -E "largest relative clip-score difference" "$RUN/pytest-$label.log" || true
