@@ -212,7 +212,7 @@ cp "$WHEEL" "$STAGE/dist/"
 cp "$RUN/reference.json" "$STAGE/reference.json"
 # the venvs are part of the cache: keyed on the requirements; a key that does not match (other
 # requirements, or a run that stopped half-way) wipes them
-TEST_REQS="pytest librosa"
+TEST_REQS="pytest"  # not librosa: its numba JIT takes many minutes under emulation (test_features skips only its librosa comparisons)
 TFLITE_REQS="numpy<2 scipy pyyaml structlog paho-mqtt sounddevice tflite-runtime==2.14.0 pytest"
 DEPS_KEY="$(sed -n '/^dependencies = \[/,/^\]/p' pyproject.toml | tr -d ' \n') | $TEST_REQS | $TFLITE_REQS"
 STAMP=$ROOTFS/opt/.edge-monitor-deps

@@ -18,7 +18,11 @@ from edge_monitor.core.features import (
 )
 from edge_monitor.core.wav import load_audio
 
-librosa = pytest.importorskip("librosa", reason="librosa is a test dependency: pip install '.[test]'")
+try:
+    import librosa
+except ImportError:  # the comparisons with librosa skip; the rest (block invariance, edge cases) runs,
+    librosa = None   # e.g. in the arm64 stage, where librosa's numba JIT is far too slow under emulation
+needs_librosa = pytest.mark.skipif(librosa is None, reason="librosa is a test dependency: pip install '.[test]'")
 
 P = FeatureParams()
 
@@ -51,6 +55,7 @@ def test_defaults_are_dcase2020():
     assert P.f_max == 8000 and P.window_size == 640
 
 
+@needs_librosa
 def test_filterbank_matches_librosa_slaney():
     ours = mel_filterbank(P)
     ref = librosa.filters.mel(sr=16000, n_fft=1024, n_mels=128, fmin=0, fmax=8000)
@@ -60,18 +65,21 @@ def test_filterbank_matches_librosa_slaney():
     assert edges[0] == 0 and edges[-1] == pytest.approx(8000)
 
 
+@needs_librosa
 def test_log_mel_matches_librosa_on_synthetic_signals():
     for seed in range(3):
         x = synthetic(seed=seed)
         assert_close_where_audible(log_mel(x), librosa_log_mel(x))
 
 
+@needs_librosa
 def test_log_mel_matches_librosa_with_other_parameters():
     p = FeatureParams(sample_rate=22050, n_fft=2048, hop_length=256, n_mels=64, fmin=50.0, fmax=10000.0)
     x = np.random.default_rng(1).standard_normal(22050).astype(np.float32) * 0.1
     assert_close_where_audible(log_mel(x, p), librosa_log_mel(x, p))
 
 
+@needs_librosa
 def test_log_mel_matches_librosa_on_real_recordings(mimii):
     files = sorted((mimii / "normal").glob("*.wav"))[:2] + sorted((mimii / "abnormal").glob("*.wav"))[:2]
     for path in files:
@@ -135,6 +143,7 @@ def test_silence_gives_the_floor():
     np.testing.assert_allclose(out, 10 * np.log10(LOG_OFFSET), atol=1e-4)  # -156.6 dB everywhere
 
 
+@needs_librosa
 def test_full_scale_clipping_is_finite_and_loud():
     x = np.sign(synthetic(seconds=1.0)).astype(np.float32)  # square-ish wave at ±1
     out = log_mel(x)
