@@ -243,6 +243,10 @@ if [ "${ARM64_TFLITE:-1}" = 1 ]; then
     || { echo "arm64 stage: tflite-runtime venv failed" >&2; exit 1; }
 fi
 printf '%s' "$DEPS_KEY" >"$STAMP"
+# tests name repository paths (config.yaml's edge_monitor/demo/fan-id_00): the installed package's demo
+# serves them. No __init__.py here, so `import edge_monitor` still finds the installed package only.
+mkdir -p "$STAGE/edge_monitor"
+ln -sfn "$(ls -d "$ROOTFS"$VENV/lib/python3*/site-packages/edge_monitor/demo | sed "s|^$ROOTFS||")" "$STAGE/edge_monitor/demo"
 [ "$ROOTFS_ONLY" = 2 ] && exit 0
 
 # --- 3. the node-side tests (no PulseAudio), selected by file name ----------------------------
