@@ -2,8 +2,14 @@
 private mosquitto, ``edge-monitor run`` as a subprocess reading the sink's monitor through ALSA's
 ``pulse`` device.
 
-    python bench/daemon.py [--seconds 30] [--latency-runs 5] [--monitors 1 4] [--no-mqtt]
+    python bench/daemon.py [--seconds 30] [--latency-runs 5] [--monitors 1,4] [--no-mqtt]
+                           [--python-cmd CMD] [--bundle DIR] [--start-timeout S]
                            [--pythonpath TREE --module edge_monitor.cli]   # another tree, for before/after
+
+``--python-cmd`` runs the daemon with another interpreter, e.g. the arm64 stage's wrapper into its
+emulated root file system (``tests/arm64.sh``); the process must keep the PID of the command (exec).
+Under qemu user-mode emulation the process's RSS holds qemu too (its code, heap and the translated
+code cache): those mappings are told apart by address and name (see :func:`qemu_split`).
 
 1. CPU and memory: the daemon with 1 and with 4 monitors (4-channel sink, one monitor per channel)
    while normal machine sound plays: CPU seconds per second of the whole process (from
@@ -15,6 +21,7 @@ private mosquitto, ``edge-monitor run`` as a subprocess reading the sink's monit
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -27,6 +34,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
+from memory_floor import qemu_split  # noqa: E402
 from mqtt_helpers import Broker, Subscriber  # noqa: E402
 from pulse import PulseServer  # noqa: E402
 
@@ -36,6 +44,9 @@ from training.synth import synth_clip  # noqa: E402
 
 BUNDLE = DEMO_DIR / "fan-id_00"
 SR = 16000
+PYTHON_CMD = [sys.executable]
+START_TIMEOUT = 30.0
+EMULATED = False
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -88,12 +99,13 @@ def start_daemon(config: Path, pulse: PulseServer, log: Path) -> subprocess.Pope
     env = {**os.environ, **pulse.env, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     if OPTIONS["pythonpath"]:
         env["PYTHONPATH"] = OPTIONS["pythonpath"]
-    return subprocess.Popen([sys.executable, "-m", OPTIONS["module"], "run", "--config", str(config)], env=env,
+    return subprocess.Popen([*PYTHON_CMD, "-m", OPTIONS["module"], "run", "--config", str(config)], env=env,
                             stdout=open(log, "w"), stderr=subprocess.STDOUT,  # noqa: SIM115
                             cwd=config.parent)  # not the repository: `-m` would import the tree in the working folder
 
 
-def wait_running(proc: subprocess.Popen, log: Path, timeout: float = 30.0) -> None:
+def wait_running(proc: subprocess.Popen, log: Path, timeout: float | None = None) -> None:
+    timeout = timeout or START_TIMEOUT
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if '"event": "running"' in log.read_text():
@@ -128,6 +140,10 @@ def cost(root: Path, broker: Broker, monitors: int, seconds: float) -> None:
               f"{', '.join(f'{100 * v:.2f} %' for v in processing)}; the rest (PortAudio and libpulse "
               f"threads, main loop, MQTT) {100 * per.get('other', 0.0):.2f} %; RSS {mem['VmRSS']:.1f} MB "
               f"(peak {mem['VmHWM']:.1f} MB), of it private {mem['USS']:.1f} MB")
+        if EMULATED:
+            guest, own = qemu_split(proc.pid)
+            print(f"  under qemu: the guest's RSS {guest:.1f} MB, qemu's own {own:.1f} MB (translation cache, "
+                  "its heap and binary)")
         player.terminate()
         player.wait()
     finally:
@@ -173,22 +189,29 @@ def latency(root: Path, broker: Broker, runs: int) -> None:
 
 
 def main() -> None:
+    global BUNDLE, PYTHON_CMD, START_TIMEOUT, EMULATED
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0, help="CPU measurement window")
     parser.add_argument("--latency-runs", type=int, default=5, help="0: no latency runs")
-    parser.add_argument("--monitors", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--monitors", default="1,4", help="monitor counts for the cost runs, comma-separated")
     parser.add_argument("--no-mqtt", action="store_true", help="the daemon without MQTT (latency needs MQTT)")
     parser.add_argument("--pythonpath", help="run the daemon of this tree (e.g. a worktree of an older commit)")
     parser.add_argument("--module", default="edge_monitor", help="its command module (older trees: edge_monitor.cli)")
+    parser.add_argument("--python-cmd", help="command (shell words) that runs the daemon's Python")
+    parser.add_argument("--bundle", type=Path, default=BUNDLE, help="the model bundle, as the daemon sees it")
+    parser.add_argument("--start-timeout", type=float, default=30.0, help="seconds for the daemon to start")
+    parser.add_argument("--emulated", action="store_true", help="the daemon runs under qemu-user: split its RSS")
     args = parser.parse_args()
     OPTIONS.update(module=args.module, pythonpath=args.pythonpath, mqtt=not args.no_mqtt)
+    BUNDLE, START_TIMEOUT, EMULATED = args.bundle, args.start_timeout, args.emulated
+    PYTHON_CMD = shlex.split(args.python_cmd) if args.python_cmd else [sys.executable]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         broker = Broker(root / "broker").start()
         try:
-            for monitors in args.monitors:
+            for monitors in (int(m) for m in args.monitors.split(",")):
                 cost(root, broker, monitors, args.seconds)
-            if args.latency_runs and not args.no_mqtt:
+            if args.latency_runs > 0 and not args.no_mqtt:
                 latency(root, broker, args.latency_runs)
         finally:
             broker.stop()

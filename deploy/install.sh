@@ -4,8 +4,9 @@
 #
 #   sudo deploy/install.sh [options]
 #
-#   --wheel PATH           install this wheel (default: build one from the repository this script
-#                          lives in, with `pip wheel --no-deps`)
+#   --wheel PATH           install this wheel (default: the one edge_monitor-*.whl in dist/ beside
+#                          deploy/, as in a node bundle of deploy/ systemd/ dist/ built once; else
+#                          build one from the repository this script lives in, with `pip wheel --no-deps`)
 #   --config FILE          install FILE as /etc/edge-monitor/config.yaml if there is none yet
 #                          (default: deploy/config.template.yaml). An existing config is NEVER replaced.
 #   --model DIR            copy a model bundle to /var/lib/edge-monitor/models/<basename of DIR>/
@@ -75,6 +76,14 @@ if [ -n "$ROOT" ]; then
   mkdir -p "$ROOT" || die "cannot create --root $ROOT"
   ROOT=$(cd "$ROOT" && pwd)
   [ "$ROOT" != / ] || ROOT=""
+fi
+if [ -z "$WHEEL" ] && [ -d "$REPO/dist" ]; then
+  found=("$REPO"/dist/edge_monitor-*.whl)
+  if [ ${#found[@]} -gt 1 ]; then
+    die "${#found[@]} wheels in $REPO/dist/: pass the one to install with --wheel"
+  elif [ -f "${found[0]}" ]; then
+    WHEEL=${found[0]}
+  fi
 fi
 if [ -n "$WHEEL" ]; then
   [ -f "$WHEEL" ] || die "--wheel $WHEEL: no such file"

@@ -257,6 +257,32 @@ def test_install_into_a_scratch_root_twice(tmp_path, wheel):
     assert (etc / "mqtt-password").read_text() == "s3cret\n"
 
 
+def test_install_from_a_node_bundle_without_the_tree(tmp_path, wheel):
+    """What a node gets: deploy/, systemd/ and dist/ with the wheel built once — no pyproject.toml, no
+    sources, nothing to compile. install.sh finds the wheel in dist/, installs it, and a second run
+    changes nothing; two wheels there are refused with one line."""
+    bundle = tmp_path / "edge-monitor-node"
+    shutil.copytree(REPO / "deploy", bundle / "deploy")
+    shutil.copytree(REPO / "systemd", bundle / "systemd")
+    (bundle / "dist").mkdir()
+    shutil.copy(wheel, bundle / "dist")
+    script = bundle / "deploy" / "install.sh"
+    cmd = ["bash", script, "--root", tmp_path / "root", "--no-apt", "--no-enable", "--python", sys.executable,
+           "--pip-args", "--no-deps --no-index"]
+    first = run(cmd)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert f"installed  edge-monitor ({wheel.name})" in first.stdout, first.stdout
+    stamp = tmp_path / "root/opt/edge-monitor/installed-wheel"
+    assert stamp.read_text().startswith(wheel.name + " ")
+    second = run(cmd)
+    assert second.returncode == 0 and "nothing to do, everything unchanged" in second.stdout, second.stdout
+    shutil.copy(wheel, bundle / "dist" / wheel.name.replace("0.1.0", "0.1.1"))
+    refused = run(cmd)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and "2 wheels in" in lines[0] and "--wheel" in lines[0], refused.stderr
+
+
 def test_install_model_option_and_errors(tmp_path, wheel):
     root = tmp_path / "root"
     bundle = tmp_path / "pump-id_02"

@@ -24,10 +24,8 @@ import random
 import struct
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
-import pytest
 import yaml
 
 from edge_monitor import DEMO_DIR

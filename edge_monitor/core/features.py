@@ -29,6 +29,17 @@ LOG_OFFSET = 2.2e-16
 _CHUNK_FRAMES = 2048
 """Frames computed per FFT call in ``log_mel``: bounds the temporary memory for long signals."""
 
+_FFT_ROWS = 16
+"""Every FFT call transforms a multiple of this many rows (the last ones zero padding).
+
+pocketfft transforms rows in SIMD groups of ``vlen`` (4 floats with SSE2 or NEON, 8 with AVX, 16
+with AVX-512) and the rows left over one by one in scalar code. On x86 both give the same bits; on
+aarch64 the compiler fuses multiply-adds differently in the two, so a row's spectrum depended on its
+position in the call: a live stream (1-2 frames per call) and a whole file gave different frames
+(36 of 37 rows differed under arm64 emulation). With a multiple of 16 every row takes the SIMD path
+on every build. Must stay a divisor of ``_CHUNK_FRAMES``.
+"""
+
 
 DEFAULT_FMAX_FRACTION = 0.75
 """Default upper mel edge as a fraction of Nyquist (6000 Hz at 16 kHz), below the roll-off of the
@@ -214,7 +225,11 @@ class _FrameKernel:
         Single precision throughout, as librosa computes it: twice as fast as double on a Pi and
         far inside the 0.01 dB agreement with librosa the tests demand.
         """
-        spectrum = _rfft(frames * self.window)  # float32 (k, n_fft) → complex64 (k, n_fft/2 + 1)
+        count = frames.shape[0]
+        padded = np.empty((-(-count // _FFT_ROWS) * _FFT_ROWS, frames.shape[1]), dtype=np.float32)
+        np.multiply(frames, self.window, out=padded[:count])
+        padded[count:] = 0.0  # padding rows: transformed, then dropped (see _FFT_ROWS)
+        spectrum = _rfft(padded)[:count]  # float32 (k, n_fft) → complex64 (k, n_fft/2 + 1)
         mag = np.abs(spectrum)
         if self.params.power == 2.0:
             np.square(mag, out=mag)
