@@ -109,3 +109,18 @@ def test_help_names_the_exit_codes():
     proc = run("--help")
     assert proc.returncode == 0
     assert "0 nothing found, 1 anomaly found, 2 user error, 70 a bug in edge-" in " ".join(proc.stdout.split())
+
+
+def test_a_warning_does_not_turn_a_one_line_error_into_three(tmp_path):
+    """Issue 15: a RuntimeWarning (here numpy's overflow, raised by a planted command) made a user error three
+    lines; outside --log-level debug, the command line prints only its one line."""
+    code = BUG.replace('return {}["no such key"]  # a bug, as a KeyError from deep inside a command would be',
+                       'import numpy as np, warnings; np.float32(3e38) * np.float32(10); '
+                       'warnings.warn("something odd", RuntimeWarning); '
+                       'from edge_monitor.core.errors import UserError; raise UserError("bad input, do this")')
+    proc = subprocess.run([sys.executable, "-c", code, "boom"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["edge-monitor: error: bad input, do this"]
+    debug = subprocess.run([sys.executable, "-c", code, "--log-level", "debug", "boom"], capture_output=True,
+                           text=True, timeout=60)
+    assert "RuntimeWarning" in debug.stderr  # shown when asked for

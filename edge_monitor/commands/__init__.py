@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+import warnings
 from dataclasses import dataclass
 from importlib import import_module
 
@@ -102,7 +103,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = False
+    debug = "--log-level=debug" in argv or ("--log-level" in argv and "debug" in argv)
+    if not debug and not sys.warnoptions:  # a user error stays one line: no RuntimeWarning / overflow chatter
+        warnings.simplefilter("ignore")  # (with -W or --log-level debug they show)
     try:
         parser = build_parser(argv)
         args = parser.parse_args(argv)
@@ -119,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         print("edge-monitor: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - a bug: one line, never exit 1 ("anomaly found")
-        if debug or "--log-level=debug" in argv or ("--log-level" in argv and "debug" in argv):
+        if debug:
             traceback.print_exc()
         print(f"edge-monitor: internal error (a bug in edge-monitor, please report it): "
               f"{type(exc).__name__}: {exc}" + ("" if debug else "; run with --log-level debug for the traceback"),
