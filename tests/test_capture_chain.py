@@ -109,7 +109,7 @@ def _relative_change(bundle: Bundle, originals: list[Path], copies: list[Path]) 
 def test_new_bundles_keep_their_mel_edge_below_the_resampler_roll_off(default_bundle, nyquist_bundle):
     assert default_bundle.params == FeatureParams()
     assert default_bundle.params.f_max < 0.9 * RATE / 2  # resample_poly is -0.3 dB at 0.85, -6 dB at 1.0
-    assert default_bundle.manifest["features"]["fmax"] == default_bundle.params.f_max
+    assert default_bundle.manifest.to_dict()["features"]["fmax"] == default_bundle.params.f_max
     assert nyquist_bundle.params.f_max == RATE / 2
 
 
