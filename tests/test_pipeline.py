@@ -90,7 +90,7 @@ def test_live_and_replay_parity_for_every_architecture(any_bundle):
     rounded = lambda events: [(t, round(p, 6), s) for t, p, s in summary(events)]  # noqa: E731
     assert rounded(replay_events) == rounded(live_events)
     assert [[b.to_dict() for b in e.bands] for e in replay_events] == [[b.to_dict() for b in e.bands] for e in live_events]
-    w = windows(log_mel(samples), any_bundle.params)
+    w = windows(log_mel(samples, any_bundle.params), any_bundle.params)
     bands_64, bands_1 = (np.empty((len(w), any_bundle.params.n_mels), np.float32) for _ in range(2))
     errors_64 = WindowScorer(any_bundle, batch_size=64).errors(w, band_errors=bands_64)
     errors_1 = WindowScorer(any_bundle, batch_size=1).errors(w, band_errors=bands_1)
