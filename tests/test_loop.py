@@ -117,8 +117,10 @@ def test_a_file_at_another_rate_gives_the_same_window_errors_in_replay_and_from_
     live_monitor, live_sink = mic_path(bundle, path, rate, seed=rate)
     replay_errors = np.concatenate(replay_monitor._errors)
     np.testing.assert_array_equal(replay_errors, np.concatenate(live_monitor._errors))
-    assert [(e.type, e.audio_position_s) for e in replay_sink.events] == \
-        [(e.type, e.audio_position_s) for e in live_sink.events]
+    # positions to the microsecond: the position arithmetic of Monitor can differ in the last bit between block
+    # patterns (2.688 vs 2.6879999999999997 s, seen with numpy 1.26); the window errors above are exact
+    assert [(e.type, round(e.audio_position_s, 6)) for e in replay_sink.events] == \
+        [(e.type, round(e.audio_position_s, 6)) for e in live_sink.events]
     # and both equal the evaluation path (load_audio resamples with the same resampler, then clip_score)
     assert replay_monitor.clip_score() == WindowScorer(bundle).clip_score(load_audio(path, 16000))
     assert [e.type for e in replay_sink.events].count("anomaly_start") >= 1
