@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 
 import structlog
 
@@ -36,10 +37,17 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
 
 class _StderrLogger:
     """structlog's PrintLogger, but to whatever ``sys.stderr`` is when a line is written (not the stream of
-    the moment ``configure`` ran, which a caller such as a test harness may have closed since)."""
+    the moment ``configure`` ran, which a caller such as a test harness may have closed since). A line is one
+    write under one lock: the daemon logs from several threads, and ``print`` writes the text and the newline
+    separately, so two threads could join their lines into one that no JSON reader can split."""
+
+    _lock = threading.Lock()
 
     def msg(self, message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
+        with self._lock:
+            stream = sys.stderr
+            stream.write(message + "\n")
+            stream.flush()
 
     log = debug = info = warn = warning = err = error = critical = exception = fatal = msg
 
