@@ -143,6 +143,8 @@ class Settings(Validated):
     audio: AudioSettings = setting(factory=AudioSettings, section=AudioSettings)
     mqtt: MqttSettings = setting(factory=MqttSettings, section=MqttSettings)
     events_jsonl: str | None = setting(None, path(null=True))  # also append every event to this file as JSON lines
+    # the node's own state: calibration/ (per-monitor thresholds), evidence/ (alert clips), normal/ (clips for retraining)
+    state_dir: str = setting("/var/lib/edge-monitor", path())
     logging: LoggingSettings = setting(factory=LoggingSettings, section=LoggingSettings)
     sparkplug: SparkplugSettings = setting(factory=SparkplugSettings, section=SparkplugSettings)  # SCADA (issue 12)
     homeassistant: HomeAssistantSettings = setting(factory=HomeAssistantSettings, section=HomeAssistantSettings)
