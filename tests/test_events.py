@@ -14,6 +14,7 @@ from edge_monitor.core.events import (
     AnomalyInfo,
     Band,
     HealthInfo,
+    MachineInfo,
     Origin,
     iso_ms,
     new_id,
@@ -37,8 +38,15 @@ def health_event() -> dict:
                         health=HealthInfo("dead_input", "bad", 1.0, 0.99, "dead")).to_dict()
 
 
+def machine_event(kind: str = "machine_stopped") -> dict:
+    state = "stopped" if kind == "machine_stopped" else "running"
+    return ORIGIN.event(kind, "0123456789abcdef", 0 if state == "stopped" else 1, 30.0,
+                        decisions_suspended=state == "stopped",
+                        machine_state=MachineInfo(state, -52.4, -47.8, 24.5, "machine " + state)).to_dict()
+
+
 def test_valid_events_pass_and_survive_json():
-    for event in (anomaly_event(), health_event()):
+    for event in (anomaly_event(), health_event(), machine_event(), machine_event("machine_running")):
         assert validate(event) == []
         assert validate(json.loads(json.dumps(event))) == []
         assert validate({**event, "seq": 7}) == []
@@ -57,7 +65,8 @@ BROKEN = {  # case: (damage, the exact problem validate must report — not just
     "missing_field": (lambda e: e.pop("monitor"), ["missing field 'monitor'"]),
     "unknown_field": (lambda e: e.update(extra=1), ["unknown field 'extra'"]),
     "bad_type": (lambda e: e.update(type="anomaly_begin"),
-                 ["type 'anomaly_begin' is not one of anomaly_start, anomaly_update, anomaly_end, health"]),
+                 [("type 'anomaly_begin' is not one of anomaly_start, anomaly_update, anomaly_end, health, "
+                   "machine_stopped, machine_running")]),
     "bad_schema": (lambda e: e.update(schema_version=2),
                    ["schema is 'edge-monitor/event' v2, expected 'edge-monitor/event' v1"]),
     "time_disagrees": (lambda e: e.update(time_ms=e["time_ms"] + 5000), ["time and time_ms disagree"]),
@@ -81,6 +90,21 @@ def test_broken_events_are_refused_with_their_own_problem(case):
     assert validate(event) == problems
 
 
+def test_machine_events_carry_their_state_and_only_they():
+    event = machine_event()
+    assert event["machine_state"]["level_db"] == -52.4 and event["machine_state"]["since_position_s"] == 24.5
+    assert validate({**event, "machine_state": None}) == ["machine_stopped without 'machine_state'"]
+    running = machine_event("machine_running")
+    assert validate({**event, "machine_state": running["machine_state"]}) == [
+        ("machine_stopped has machine_state ['level_db', 'limit_db', 'message', 'since_position_s', 'state'] "
+         "with state 'running'")]
+    assert validate({**anomaly_event(), "machine_state": event["machine_state"]}) == [
+        "anomaly_start with 'machine_state'"]
+    old = anomaly_event()
+    del old["machine_state"]  # an event of a node from before machine states is still valid
+    assert validate(old) == []
+
+
 def test_health_event_needs_a_known_condition():
     event = health_event()
     event["health"]["condition"] = "on_fire"
@@ -94,4 +118,4 @@ def test_readme_documents_every_field():
     table = table[: table.index("\n### ", 5)]
     documented = set(re.findall(r"`([a-z_]+)`", "\n".join(line.split("|")[1] for line in table.splitlines()
                                                            if line.startswith("| `"))))
-    assert set(_FIELDS) | {"seq"} <= documented, set(_FIELDS) - documented
+    assert set(_FIELDS) | {"seq", "machine_state"} <= documented, set(_FIELDS) - documented

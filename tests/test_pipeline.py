@@ -11,7 +11,7 @@ from edge_monitor.core.features import log_mel, windows
 from edge_monitor.core.model import Bundle, WindowScorer
 from edge_monitor.core.monitor import Monitor
 from edge_monitor.core.wav import load_audio
-from edge_monitor.node.settings import HealthSettings, MonitorSettings
+from edge_monitor.node.settings import HealthSettings, MachineSettings, MonitorSettings
 from training.synth import synth_clip
 
 BUNDLE_DIR = DEMO_DIR / "fan-id_00"
@@ -164,7 +164,8 @@ def test_clipping_silence_and_loudness(bundle):
         "level_high": normal * 4.5,        # +13 dB, no clipping: above a 10-dB limit
     }
     for condition, loud in cases.items():
-        m = monitor(bundle, live=False, health=HealthSettings(high_db=10.0))
+        # machine state off: the level drop is then the old silence fault (tests/test_machine.py: stopped)
+        m = monitor(bundle, live=False, health=HealthSettings(high_db=10.0), machine=MachineSettings(enabled=False))
         events = run_blocks(m, [normal, loud])
         bad = [e.health.condition for e in events if e.type == "health" and e.health.status == "bad"]
         assert condition in bad, (condition, bad)

@@ -4,7 +4,8 @@ Steps per machine id: features (cached) → split by clip into training and held
 standardisation statistics from the training windows → autoencoder fit with early stopping on the
 held-out clips → int8 and float TFLite export → int8 clip scores of the held-out clips → gamma fit
 → threshold at a quantile → manifest → self-check by loading the bundle with the edge interpreter →
-report. When the data set has labelled test clips for the id, they are evaluated too.
+report. When the data set has labelled test clips for the id, they are evaluated too. The manifest also
+records the level distribution of the normal clips (``core/machine.py``: is the machine running?).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from edge_monitor.core.detector import (
 )
 from edge_monitor.core.errors import AudioError, UserError
 from edge_monitor.core.features import FeatureParams, windows
+from edge_monitor.core.machine import level_distribution
 from edge_monitor.core.manifest import (
     FLOAT_MODEL_FILE,
     MANIFEST_FILE,
@@ -344,6 +346,7 @@ def train_one(clips: list[Clip], out: Path, params: FeatureParams, settings: Tra
         }),
         score=score,
         threshold=Threshold(1.0),  # placeholder until the int8 held-out scores exist
+        level=level_distribution(frames, params),  # every usable normal clip: the running machine's level
         info={"created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "edge_monitor_version": edge_monitor.__version__},
     )

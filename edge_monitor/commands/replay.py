@@ -158,6 +158,9 @@ def _summary(result: FileResult, bundle: Bundle, out) -> None:
         if e.type == "health" and e.health is not None:
             print(f"  health at {e.audio_position_s:.1f} s: {e.health.condition} {e.health.status}: {e.health.message}",
                   file=out)
+        elif e.machine_state is not None:
+            print(f"  machine {e.machine_state.state} at {e.audio_position_s:.1f} s: {e.machine_state.message}",
+                  file=out)
     if not result.anomalies:
         print("  no anomaly", file=out)
 

@@ -8,8 +8,8 @@
   (k of n still above after ``min_duration_seconds``) → ``anomaly`` [``anomaly_start``],
   ``anomaly_update`` every ``update_seconds`` → (k of the last n decisions below
   ``hysteresis × threshold``) → ``anomaly_end`` → ``cooldown`` for ``cooldown_seconds`` (no new start)
-  → ``normal``. ``suspend()`` (bad sensor health) ends an open anomaly with reason ``health`` and
-  holds decisions until ``resume()``.
+  → ``normal``. ``suspend()`` (bad sensor health, or the machine stopped) ends an open anomaly with
+  reason ``health`` (or ``machine_stopped``) and holds decisions until ``resume()``.
 - All times are positions in the audio stream (seconds), so a replay decides exactly as the
   microphone would, however fast it runs.
 """
@@ -119,8 +119,8 @@ class Detector:
         self._tail = np.zeros(0)
         self._seen = 0
 
-    def suspend(self, position_s: float) -> list[Event]:
-        events = self._end(position_s, "health") if self.state == ANOMALY else []
+    def suspend(self, position_s: float, reason: str = "health") -> list[Event]:
+        events = self._end(position_s, reason) if self.state == ANOMALY else []
         self.state = SUSPENDED
         self._clear()
         return events

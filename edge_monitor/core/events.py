@@ -6,7 +6,9 @@ JSON form, the same on stdout, in JSON lines and on MQTT (where the publisher ad
 
 Life cycle: an anomaly is ``anomaly_start`` → ``anomaly_update`` (every ``update_seconds``) →
 ``anomaly_end``, all with the same ``id``. A health condition is a ``health`` event with
-``status: "bad"`` and later one with ``status: "ok"``, both with the same ``id``. ``event_id`` is
+``status: "bad"`` and later one with ``status: "ok"``, both with the same ``id``. A machine switched
+off is ``machine_stopped`` and later ``machine_running``, both with the same ``id`` (``machine_state``:
+the level, the limit it crossed). ``event_id`` is
 unique per event (``<id>/<n>``, n counting from 0 within the life cycle).
 """
 
@@ -23,7 +25,8 @@ from typing import Any
 SCHEMA = "edge-monitor/event"
 SCHEMA_VERSION = 1
 ANOMALY_TYPES = ("anomaly_start", "anomaly_update", "anomaly_end")
-TYPES = ANOMALY_TYPES + ("health",)
+MACHINE_TYPES = ("machine_stopped", "machine_running")
+TYPES = ANOMALY_TYPES + ("health",) + MACHINE_TYPES
 HEALTH_CONDITIONS = ("clipping", "dead_input", "silence", "level_high", "drops", "sensor_fault", "storage")
 HEALTH_STATUS = ("bad", "ok")
 
@@ -68,7 +71,8 @@ class AnomalyInfo:
     duration_s: float
     peak_score: float
     mean_score: float
-    reason: str | None = None  # anomaly_end only: "recovered", "health", "end_of_stream", "shutdown", "reload"
+    reason: str | None = None  # anomaly_end only: "recovered", "health", "machine_stopped", "end_of_stream",
+    #                            "shutdown", "reload"
 
     def to_dict(self) -> dict:
         return {
@@ -93,6 +97,22 @@ class HealthInfo:
     def to_dict(self) -> dict:
         return {"condition": self.condition, "status": self.status, "value": _num(self.value),
                 "limit": _num(self.limit), "message": self.message}
+
+
+@dataclass(frozen=True)
+class MachineInfo:
+    """A machine stopped or running again: its mean log-mel level (dB) over the last ``window_seconds``, the
+    limit it crossed, and since when (stream position) the level was past the limit."""
+
+    state: str       # "stopped" or "running"
+    level_db: float
+    limit_db: float
+    since_position_s: float
+    message: str
+
+    def to_dict(self) -> dict:
+        return {"state": self.state, "level_db": _num(self.level_db), "limit_db": _num(self.limit_db),
+                "since_position_s": round(self.since_position_s, 3), "message": self.message}
 
 
 @dataclass(frozen=True)
@@ -127,6 +147,7 @@ class Event:
     bands: tuple[Band, ...] = ()
     health: HealthInfo | None = None
     decisions_suspended: bool = False
+    machine_state: MachineInfo | None = None
 
     @property
     def monitor(self) -> str:
@@ -168,6 +189,7 @@ class Event:
             "explanation": {"bands": [b.to_dict() for b in self.bands]} if self.bands else None,
             "health": self.health.to_dict() if self.health else None,
             "decisions_suspended": self.decisions_suspended,
+            "machine_state": self.machine_state.to_dict() if self.machine_state else None,
         }
 
     def to_json(self) -> str:
@@ -203,7 +225,8 @@ _FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "health": ((dict,), True),
     "decisions_suspended": ((bool,), False),
 }
-_OPTIONAL = {"seq": (int,)}  # added by the MQTT publisher
+# "seq": added by the MQTT publisher; "machine_state": machine_stopped/machine_running (null otherwise)
+_OPTIONAL = {"seq": (int,), "machine_state": (dict, type(None))}
 
 
 def validate(data: Any) -> list[str]:
@@ -256,6 +279,17 @@ def validate(data: Any) -> list[str]:
             problems.append("health event without 'health'")
         elif health.get("condition") not in HEALTH_CONDITIONS or health.get("status") not in HEALTH_STATUS:
             problems.append(f"health condition/status {health.get('condition')!r}/{health.get('status')!r} unknown")
+    if data["type"] in MACHINE_TYPES:
+        info = data.get("machine_state")
+        want = "stopped" if data["type"] == "machine_stopped" else "running"
+        if not isinstance(info, dict):
+            problems.append(f"{data['type']} without 'machine_state'")
+        elif set(info) != {"state", "level_db", "limit_db", "since_position_s", "message"} or info["state"] != want:
+            problems.append(f"{data['type']} has machine_state {sorted(info)} with state {info.get('state')!r}")
+    elif data.get("machine_state") is not None:
+        problems.append(f"{data['type']} with 'machine_state'")
+    if "machine_state" in data and not isinstance(data["machine_state"], (dict, type(None))):
+        problems.append("field 'machine_state' must be an object or null")
     if "seq" in data and (isinstance(data["seq"], bool) or not isinstance(data["seq"], int)):
         problems.append("field 'seq' must be an integer")
     return problems

@@ -2,7 +2,8 @@
 
 Judged every ``window_seconds`` of audio from the samples (clipping: full-scale samples; dead input:
 digital zeros), from the log-mel frames (level far below or above the level the model was trained
-on: a machine switched off, a disconnected or muted microphone, a gain change), from ring-buffer
+on: a machine switched off, a disconnected or muted microphone, a gain change; with a bundle that records
+its level distribution a level drop is judged by ``machine.py`` instead), from ring-buffer
 drops, and from what the audio layer reports (``sensor_fault``: a device that disappeared).
 
 A condition turns ``bad`` after it held for ``hold_seconds`` and ``ok`` after it was gone as long
@@ -41,8 +42,12 @@ class _Condition:
 
 
 class Health:
-    def __init__(self, settings: HealthSettings, params: FeatureParams, training_level_db: float, origin: Origin):
+    def __init__(self, settings: HealthSettings, params: FeatureParams, training_level_db: float, origin: Origin,
+                 *, silence: bool = True):
         self.settings = settings
+        # silence: False when the machine's level is judged instead (``machine.py``): a level drop that is
+        # not digital silence is then a stopped machine, not a sensor fault
+        self.silence = silence
         self.origin = origin
         self.training_level_db = float(training_level_db)
         self._window = max(1, int(round(settings.window_seconds * params.sample_rate)))
@@ -130,7 +135,7 @@ class Health:
         events += self._update("dead_input", dead, position, zero_fraction, s.dead_fraction,
                                f"{100 * zero_fraction:.1f} % digital zeros: the input is dead or muted, "
                                "check the microphone and its cable")
-        events += self._update("silence", not dead and below > s.low_db, position, -below, -s.low_db,
+        events += self._update("silence", self.silence and not dead and below > s.low_db, position, -below, -s.low_db,
                                f"level {below:.0f} dB below the model's training level: machine off or "
                                "microphone disconnected")
         events += self._update("level_high", -below > s.high_db, position, -below, s.high_db,

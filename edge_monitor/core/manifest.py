@@ -33,6 +33,10 @@ features of real audio can reach:
 - ``decision.thresholds[].window_seconds``: finite, from one hop (``hop_length / sample_rate``, one
   window) to 3 600 s, strictly ascending, at most 64 entries (a missing ``decision`` section: older
   bundles; an empty list: too few held-out windows to calibrate; both use the clip threshold).
+- ``level`` (optional; older bundles have none): the distribution of the mean log-mel level of the
+  normal training audio in pieces of ``window_seconds`` (``core/machine.py`` computes it, the node judges
+  a stopped machine against it): ``window_seconds`` one hop … 3 600 s, ``pieces`` ≥ 1, and the
+  percentiles ``p1 ≤ p5 ≤ p50 ≤ p95 ≤ p99``, each finite and in ``[LOG_MIN, log_max]``.
 - Names: ``machine.type``/``machine.id`` 1 … 64 printable characters without ``/ \\ + #``; file names
   plain (no folder part), ≤ 255 characters; sha256 values 64 hex digits.
 - ``model.json`` itself at most ``MAX_MANIFEST_BYTES`` (8 MiB; a trained bundle's is about 40 kB),
@@ -231,6 +235,32 @@ class Decision:
     info: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
 
+LEVEL_PERCENTILES = (1, 5, 50, 95, 99)
+
+
+@dataclass(frozen=True)
+class LevelDistribution:
+    """Mean log-mel level (dB, the units of the frames) of the normal training audio, per piece of
+    ``window_seconds``: its percentiles over ``pieces`` pieces (see ``core/machine.py``)."""
+
+    window_seconds: float
+    pieces: int
+    p1: float
+    p5: float
+    p50: float
+    p95: float
+    p99: float
+    info: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def percentiles(self) -> tuple[float, ...]:
+        return tuple(getattr(self, f"p{q}") for q in LEVEL_PERCENTILES)
+
+    def to_dict(self) -> dict:
+        return {**dict(self.info), "window_seconds": self.window_seconds, "pieces": self.pieces,
+                **{f"p{q}": v for q, v in zip(LEVEL_PERCENTILES, self.percentiles, strict=True)}}
+
+
 @dataclass(frozen=True, eq=False)
 class Manifest:
     machine: Machine
@@ -242,6 +272,7 @@ class Manifest:
     threshold: Threshold
     score: ScoreSpec = ScoreSpec()
     decision: Decision | None = None
+    level: LevelDistribution | None = None  # None: a bundle from before it was recorded
     training: Mapping[str, Any] = field(default_factory=dict)
     evaluation: Mapping[str, Any] = field(default_factory=dict)
     info: Mapping[str, Any] = field(default_factory=dict)  # created_at, edge_monitor_version, unknown keys
@@ -297,6 +328,8 @@ class Manifest:
         if self.decision is not None:
             out["decision"] = {**dict(self.decision.info), "thresholds": [
                 {"window_seconds": t.window_seconds, **dict(t.info), "value": t.value} for t in self.decision.thresholds]}
+        if self.level is not None:
+            out["level"] = self.level.to_dict()
         out.update(info)
         return out
 
@@ -478,16 +511,17 @@ class _Parser:
         threshold = Threshold(self.number(threshold_section, "threshold.value", MIN_THRESHOLD, MAX_THRESHOLD),
                               {k: v for k, v in threshold_section.items() if k != "value"})
         decision = self.decision(data["decision"], params) if "decision" in data else None
+        level = self.level(data["level"], params) if "level" in data else None
         training, evaluation = data.get("training", {}), data.get("evaluation", {})
         for name, section in (("training", training), ("evaluation", evaluation)):
             if not isinstance(section, dict):
                 raise self.fail(name, f"should be an object, got {_show(section)}")
         known = {"format", "format_version", "machine", "features", "window", "model", "quantization", "score",
-                 "standardization", "threshold", "decision", "training", "evaluation"}
+                 "standardization", "threshold", "decision", "level", "training", "evaluation"}
         manifest = Manifest(
             machine=machine_info, features=params, window=Window(frames, size, stride), model=model,
             quantization=Quantization(quants["input"], quants["output"]), standardization=standardization,
-            threshold=threshold, score=score, decision=decision, training=training, evaluation=evaluation,
+            threshold=threshold, score=score, decision=decision, level=level, training=training, evaluation=evaluation,
             info={k: v for k, v in data.items() if k not in known}, format_version=version,
         )
         reachable = manifest.max_reachable_error()
@@ -586,6 +620,24 @@ class _Parser:
             thresholds.append(DecisionThreshold(seconds, value,
                                                 {k: v for k, v in entry.items() if k not in ("window_seconds", "value")}))
         return Decision(tuple(thresholds), {k: v for k, v in node.items() if k != "thresholds"})
+
+    def level(self, node: Any, params: FeatureParams) -> LevelDistribution:
+        if not isinstance(node, dict):
+            raise self.fail("level", f"should be an object, got {_show(node)}")
+        seconds = self.number(node, "level.window_seconds", params.hop_length / params.sample_rate,
+                              MAX_DECISION_SECONDS)
+        pieces = self.integer(node, "level.pieces", 1, 1 << 40)
+        top = log_max(params)
+        values: list[float] = []
+        for q in LEVEL_PERCENTILES:
+            name = f"level.p{q}"
+            value = self.number(node, name, LOG_MIN, top)
+            if values and value < values[-1]:
+                raise self.fail(name, f"is {value:g}, below the previous percentile's {values[-1]:g} "
+                                      "(percentiles ascend)")
+            values.append(value)
+        known = {"window_seconds", "pieces"} | {f"p{q}" for q in LEVEL_PERCENTILES}
+        return LevelDistribution(seconds, pieces, *values, info={k: v for k, v in node.items() if k not in known})
 
 
 def _show(value: Any) -> str:

@@ -24,6 +24,7 @@ from edge_monitor.core.detector import (
 from edge_monitor.core.events import Band, Event, Origin
 from edge_monitor.core.features import StreamingLogMel, mel_band_edges, windows
 from edge_monitor.core.health import Health
+from edge_monitor.core.machine import MachineWatch
 from edge_monitor.core.model import Bundle, WindowScorer
 from edge_monitor.core.settings import MonitorSettings
 
@@ -49,8 +50,14 @@ class Monitor:
         self.features = StreamingLogMel(params)
         self.detector = Detector(settings.decision, self.threshold.value, params, self.origin, self._explain)
         # The level the model knows: the mean log-mel of its training windows (every band and frame).
-        self.health = Health(settings.health, params, float(np.mean(bundle.mean)), self.origin)
-        self._quiet_db = self.health.training_level_db - settings.health.low_db  # see _decide
+        training_level = float(np.mean(bundle.mean))
+        level = bundle.manifest.level
+        # running or stopped: only with a bundle that records its level distribution (older ones: silence)
+        self.machine = (MachineWatch(settings.machine, params, level, training_level, settings.health.low_db,
+                                     self.origin) if level is not None and settings.machine.enabled else None)
+        self.health = Health(settings.health, params, training_level, self.origin, silence=self.machine is None)
+        # frames below this are not judged (see _decide): the machine's stop limit, else today's silence limit
+        self._quiet_db = self.machine.limit_db if self.machine else training_level - settings.health.low_db
         self._edges = mel_band_edges(params)
         self._keep = self.detector.length + params.frames - 1  # frames behind the newest decision
         self._hist = np.empty((self._keep + 64, params.n_mels), dtype=np.float32)
@@ -74,13 +81,32 @@ class Monitor:
         frames = self.features.push_view(block)  # consumed below (copied into the history) before the next push
         self.position = end
         self.health.frames(frames)
-        if self.health.bad and self.detector.state != SUSPENDED:
-            events += self.detector.suspend(end / sr)
-        elif not self.health.bad and self.detector.state == SUSPENDED:
-            self.detector.resume()
-        if len(frames):
-            events += self._score(frames)
+        events += self._suspension(end / sr)
+        if not len(frames):
+            return events
+        if self.machine is None:
+            return events + self._score(frames)
+        # the machine changes state at a piece boundary: frames before it are scored before the change
+        first_start = (self._segment_start + self._segment_frames * self.params.hop_length) / sr
+        done = 0
+        for index, event in self.machine.push(frames, first_start):
+            if index > done:
+                events += self._score(frames[done:index])
+                done = index
+            events.append(event)
+            events += self._suspension(event.audio_position_s)
+        if done < len(frames):
+            events += self._score(frames[done:])
         return events
+
+    def _suspension(self, position: float) -> list[Event]:
+        """Suspend the detector while health is bad or the machine is stopped; resume when neither."""
+        stopped = self.machine is not None and self.machine.stopped
+        if (self.health.bad or stopped) and self.detector.state != SUSPENDED:
+            return self.detector.suspend(position, "health" if self.health.bad else "machine_stopped")
+        if not (self.health.bad or stopped) and self.detector.state == SUSPENDED:
+            self.detector.resume()
+        return []
 
     def finish(self, reason: str = "end_of_stream") -> list[Event]:
         """The stream ends (end of file, shutdown, reload): close an open anomaly."""
@@ -108,6 +134,8 @@ class Monitor:
         self.features.reset()
         self.detector.reset_windows()
         self._hist_n = 0
+        if self.machine is not None:
+            self.machine.gap()
         self._segment_start = self.position
         self._segment_frames = 0
 
@@ -143,9 +171,12 @@ class Monitor:
     def _decide(self, errors: np.ndarray, first_end: float, frames: np.ndarray) -> list[Event]:
         """Window errors to the detector, except windows with a frame far below the training level.
 
-        Silence (a machine switched off, a dropout of digital zeros) is a health matter: its
-        reconstruction error is huge but says nothing about the machine, and health needs
-        ``hold_seconds`` to call it. Such windows are treated like a gap in the audio instead.
+        Silence (a machine switched off, a dropout of digital zeros) is a health or machine-state
+        matter: its reconstruction error is huge but says nothing about the machine's sound, and
+        health and the machine state need ``hold_seconds`` to call it. Such windows are treated like
+        a gap in the audio instead: the fast path for short dropouts. The limit is the machine's stop
+        limit when the bundle records its level (``machine.py``), else ``health.low_db`` below the
+        training level.
         """
         quiet = frames.mean(axis=1) < self._quiet_db
         if not quiet.any():
@@ -185,9 +216,12 @@ class Monitor:
     # --- what the outside sees ----------------------------------------------------------------
     @property
     def state(self) -> str:
-        """For the MQTT state topic: ``sensor_fault``, ``anomaly``, ``normal`` or ``unknown`` (no decision yet)."""
+        """For the MQTT state topic: ``sensor_fault``, ``stopped`` (the machine), ``anomaly``, ``normal`` or
+        ``unknown`` (no decision yet). A sensor fault comes first: a dead input says nothing about the machine."""
         if self.health.bad:
             return "sensor_fault"
+        if self.machine is not None and self.machine.stopped:
+            return "stopped"
         if self.detector.state == ANOMALY:
             return "anomaly"
         return "normal" if self.detector.decisions else "unknown"

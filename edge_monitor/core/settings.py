@@ -14,6 +14,7 @@ from edge_monitor.core.checks import (
     FRACTION,
     At,
     Validated,
+    boolean,
     channel,
     device,
     k_of_n,
@@ -61,6 +62,17 @@ class HealthSettings(Validated):
 
 
 @dataclass(frozen=True)
+class MachineSettings(Validated):
+    """Is the machine running or stopped (see ``machine.py``)? Needs a bundle that records its level."""
+
+    enabled: bool = setting(True, boolean)            # false: never judge the machine stopped (old behaviour)
+    # stopped below p1 − margin_db of the training level distribution, running again above p1 − margin_db/2;
+    # 10 dB: faults of the real MIMII fans lie down to 5.6 dB below p1, a fan switched off (−22 dB) ≥ 14 dB below
+    margin_db: float = setting(10.0, positive(100))
+    hold_seconds: float = setting(5.0, non_negative(3600))  # the level must stay past the limit this long
+
+
+@dataclass(frozen=True)
 class MonitorSettings(Validated):
     name: str = setting(check=name)
     model: str = setting(check=path())                              # path of a bundle folder
@@ -69,3 +81,4 @@ class MonitorSettings(Validated):
     threshold: float | None = setting(None, number(0, MAX_THRESHOLD, lo_open=True, null=True))  # overrides the bundle's
     decision: DecisionSettings = setting(factory=DecisionSettings, section=DecisionSettings)
     health: HealthSettings = setting(factory=HealthSettings, section=HealthSettings)
+    machine: MachineSettings = setting(factory=MachineSettings, section=MachineSettings)

@@ -6,8 +6,9 @@ device whose components (``cmps``), per monitor ``<m>``, are:
 - ``<node>_<m>_anomaly``: ``binary_sensor``, device_class ``problem``, ON while ``<m>/state`` says anomaly;
 - ``<node>_<m>_score``: ``sensor``, state_class ``measurement``, the mean decision score of each telemetry;
 - ``<node>_<m>_event``: ``event``, event types ``anomaly_start`` / ``anomaly_update`` / ``anomaly_end`` /
-  ``health``, from ``<m>/event``;
-- diagnostic entities (``entity_category: diagnostic``): the state (``sensor``), the input level in dBFS,
+  ``health`` / ``machine_stopped`` / ``machine_running``, from ``<m>/event``;
+- diagnostic entities (``entity_category: diagnostic``): the state (``sensor``: normal, anomaly, stopped,
+  sensor_fault, unknown), the input level in dBFS,
   the clipped fraction, and a ``binary_sensor`` (``problem``) for bad input health.
 
 Every component is available while the retained ``<prefix>/<node>/status`` says ``online`` (a value
@@ -32,6 +33,7 @@ import paho.mqtt.client as paho
 import structlog
 
 from edge_monitor import __version__
+from edge_monitor.core.events import TYPES
 from edge_monitor.core.model import Bundle
 from edge_monitor.node.mqtt.connection import (
     auth_hint,
@@ -70,7 +72,7 @@ def discovery_config(node: str, prefix: str, monitors: list[tuple[str, Bundle | 
         }
         cmps[f"{uid}_event"] = {
             "p": "event", "name": f"{name} events", "unique_id": f"{uid}_event", "state_topic": f"{m}/event",
-            "event_types": ["anomaly_start", "anomaly_update", "anomaly_end", "health"],
+            "event_types": list(TYPES),  # every event type of the schema (Home Assistant drops others)
             "value_template": "{{ {'event_type': value_json.type, 'event_id': value_json.event_id, "
                               "'score': value_json.score} | to_json }}",
         }

@@ -25,7 +25,12 @@ from edge_monitor.core.checks import (
     show,
     text,
 )
-from edge_monitor.core.settings import DecisionSettings, HealthSettings, MonitorSettings  # noqa: F401 (re-exported)
+from edge_monitor.core.settings import (  # noqa: F401 (re-exported)
+    DecisionSettings,
+    HealthSettings,
+    MachineSettings,
+    MonitorSettings,
+)
 
 MAX_RING_SECONDS = 120.0   # a ring per monitor, float32 at up to 48 kHz: 23 MB at this bound
 

@@ -106,6 +106,10 @@ def _log_event(event: Event) -> None:
         fields.update(condition=event.health.condition, status=event.health.status,
                       message=event.health.message, decisions_suspended=event.decisions_suspended)
         level = "warning" if event.health.status == "bad" else "info"
+    elif event.machine_state is not None:  # machine_stopped / machine_running: the plant's business, not a fault
+        fields.update(level_db=data["machine_state"]["level_db"], limit_db=data["machine_state"]["limit_db"],
+                      since_s=data["machine_state"]["since_position_s"], message=event.machine_state.message)
+        level = "info"
     else:
         fields.update(score=data["score"], threshold=data["threshold"], bands=[b.label() for b in event.bands])
         if event.anomaly is not None:

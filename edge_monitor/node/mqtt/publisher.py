@@ -8,7 +8,8 @@ Topics (``<prefix>`` is ``mqtt.prefix``, default ``edge-monitor``; all payloads 
     when the process dies or its link breaks (no ``time``: the broker sends it as written at start); a clean
     stop publishes ``{"state": "offline", "reason": "shutdown", "time", ...}`` itself.
 ``<prefix>/<node>/<monitor>/state``  — retained, QoS 1.
-    ``{"state": "normal" | "anomaly" | "sensor_fault" | "unknown", "score", "threshold", "time", "time_ms"}``
+    ``{"state": "normal" | "anomaly" | "stopped" | "sensor_fault" | "unknown", "score", "threshold", "time",
+    "time_ms"}`` (``stopped``: the machine is switched off, decisions paused; see ``core/machine.py``)
     on every change, so a late subscriber sees the current state at once. **A state is meaningful only
     while the node's status is online**: while it is offline the retained state is what the monitor said
     before it went away, not what the machine does now.
@@ -68,7 +69,7 @@ from edge_monitor.node.settings import MqttSettings
 
 log = structlog.get_logger()
 
-STATES = ("normal", "anomaly", "sensor_fault", "unknown")
+STATES = ("normal", "anomaly", "stopped", "sensor_fault", "unknown")
 MAX_INFLIGHT = 20                 # QoS 1 messages handed to paho and not yet acknowledged
 __all__ = ["MAX_INFLIGHT", "SHORT_LINK_SECONDS", "STATES", "Publisher", "StorageState"]
 

@@ -87,7 +87,7 @@ STATE, ACTIVE, LAST_EVENT, SCORE, THRESHOLD = ("State", "Anomaly/Active", "Anoma
 LEVEL, CLIP, DROPS, CONDITIONS = "Health/Level", "Health/Clip Fraction", "Health/Drops", "Health/Conditions"
 MACHINE_TYPE, MACHINE_ID, MODEL_SHA = "Machine/Type", "Machine/Id", "Model/SHA256"
 DEVICE_METRICS: dict[str, tuple[int, tuple[tuple[str, int, Any], ...]]] = {
-    STATE: (STRING, (("Documentation", STRING, "normal | anomaly | sensor_fault | unknown"),)),
+    STATE: (STRING, (("Documentation", STRING, "normal | anomaly | stopped | sensor_fault | unknown"),)),
     ACTIVE: (BOOLEAN, (("Documentation", STRING, "true from anomaly_start to anomaly_end"),)),
     LAST_EVENT: (STRING, (("Documentation", STRING, "event_id of the last anomaly_start/anomaly_end (JSON topics)"),)),
     SCORE: (DOUBLE, (("engUnit", STRING, "MSE"), ("Documentation", STRING, SCORE_DOC))),
