@@ -174,3 +174,19 @@ def test_homeassistant_needs_the_json_topics(tmp_path):
     data = {"node": "n1", "monitors": [{"name": "fan-1", "model": "m"}], "homeassistant": {"enabled": True}}
     with pytest.raises(ConfigError, match=r"^config.yaml: homeassistant.enabled: .*set mqtt.enabled: true too"):
         parse(data, base_dir=tmp_path, source="config.yaml")
+
+
+def test_a_stopped_machine_is_a_state_and_its_events_are_known_event_types():
+    from edge_monitor.core.events import MachineInfo, Origin, new_id
+    from edge_monitor.node.homeassistant import discovery_config
+
+    cmps = discovery_config("n1", "edge-monitor", [("fan-1", None)])["cmps"]
+    state = json.dumps({"state": "stopped", "score": None, "threshold": 0.7}).encode()
+    assert render(cmps["n1_fan-1_anomaly"]["value_template"], state) == "OFF"  # stopped is no anomaly
+    assert render(cmps["n1_fan-1_state"]["value_template"], state) == "stopped"
+    origin = Origin("n1", "fan-1", "fan", "id_00", "fan-id_00", "ab" * 32, "test")
+    for kind, info in (("machine_stopped", MachineInfo("stopped", -52.0, -49.0, 12.0, "stopped")),
+                       ("machine_running", MachineInfo("running", -30.0, -44.0, 30.0, "running"))):
+        event = origin.event(kind, new_id(), 0, 17.0, machine_state=info).to_json().encode()
+        rendered = json.loads(render(cmps["n1_fan-1_event"]["value_template"], event))
+        assert rendered["event_type"] == kind and kind in cmps["n1_fan-1_event"]["event_types"]

@@ -240,3 +240,23 @@ def test_replay_mqtt_state_says_stopped(tmp_path):
     finally:
         sub.close()
         broker.stop()
+
+
+def test_with_a_level_distribution_a_deep_drop_is_a_stopped_machine_not_silence(bundle):
+    m = monitor(bundle)
+    events = feed(m, np.concatenate([running(RUN1), stopped(10, db=-60.0)]), [SR] * 100)
+    assert [e.type for e in events] == ["machine_stopped"] and m.health.bad_conditions == []
+    assert m.state == "stopped"
+
+
+def test_the_log_line_names_the_machine_state(bundle):
+    import structlog
+
+    from edge_monitor.node.sinks import NodeSink
+
+    events = feed(monitor(bundle), np.concatenate([running(RUN1), stopped(10)]), [SR] * 100)
+    with structlog.testing.capture_logs() as logs:
+        NodeSink(log_events=True).event(events[0])
+    (line,) = logs
+    assert line["event"] == "machine_stopped" and line["log_level"] == "info" and line["monitor"] == "fan-1"
+    assert line["level_db"] < line["limit_db"] and "machine stopped" in line["message"]

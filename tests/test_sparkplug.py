@@ -418,3 +418,24 @@ def test_daemon_device_loss_is_ddeath_then_dbirth_and_json_topics_are_unaffected
         host.wait("NDEATH")
     finally:
         host.close()
+
+
+def test_machine_stopped_is_a_state_and_unknown_event_types_are_ignored(host, node):
+    import dataclasses
+
+    from edge_monitor.core.events import MachineInfo
+
+    node.start()
+    host.wait("DBIRTH", 2)
+    base = make_event(0, node="node-name", monitor="fan-1")
+    stop = dataclasses.replace(base, type="machine_stopped", score=None, threshold=None, anomaly=None, bands=(),
+                               decisions_suspended=True,
+                               machine_state=MachineInfo("stopped", -52.0, -49.0, 12.0, "machine stopped"))
+    node.event(stop)
+    node.event(dataclasses.replace(base, type="a_type_from_the_future"))  # must not kill the session thread
+    node.state("fan-1", "stopped", None, 0.8)
+    data = metrics(host.wait("DDATA", 1, device="fan-1")[-1])
+    assert data["State"]["value"] == "stopped"
+    assert "Anomaly/Active" not in data  # a stopped machine is no anomaly transition
+    node.state("fan-1", "normal", None, 0.8)  # the session still works after the unknown type
+    assert metrics(host.wait("DDATA", 2, device="fan-1")[-1])["State"]["value"] == "normal"

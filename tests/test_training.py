@@ -51,6 +51,19 @@ def test_manifest_contract(bundle, trained):
     assert t["data_digest"].startswith("sha256:") and 1 <= t["epochs_run"] <= t["epochs_max"]
 
 
+def test_manifest_records_the_level_distribution_of_every_normal_clip(bundle, synth_data):
+    from edge_monitor.core.machine import piece_levels, pieces_frames
+
+    level = bundle.manifest.level
+    p = bundle.params
+    t = bundle.manifest.training
+    files = [synth_data / "fan" / "train" / name for name in t["training_files"] + t["held_out_files"]]
+    count = pieces_frames(level.window_seconds, p)
+    levels = np.concatenate([piece_levels(log_mel(load_audio(f, p.sample_rate), p), count) for f in files])
+    assert level.window_seconds == pytest.approx(1.0, abs=p.hop_length / p.sample_rate) and level.pieces == len(levels)
+    assert level.percentiles == pytest.approx(tuple(np.percentile(levels, [1, 5, 50, 95, 99])), abs=1e-9)
+
+
 def test_interpreter_sees_int8_input_and_output(bundle):
     scorer = WindowScorer(bundle)
     assert scorer._in["dtype"] == np.int8 and scorer._out["dtype"] == np.int8
