@@ -111,6 +111,13 @@ def test_the_same_events_for_any_block_size(bundle):
             ([8 * SR] * 100, [1024] * 2000, iter(lambda: int(rng.integers(1, 9000)), None))]
     shapes = [[(e.type, round(e.audio_position_s, 6), e.machine_state.level_db) for e in r] for r in runs]
     assert shapes[0] == shapes[1] == shapes[2] and len(shapes[0]) == 2
+    # with a threshold the running fan exceeds, decisions resume exactly at machine_running for any block size
+    runs = [feed(monitor(bundle, threshold=0.5), samples, sizes) for sizes in
+            ([8 * SR] * 100, [1024] * 2000, iter(lambda: int(rng.integers(1, 9000)), None))]
+    shapes = [[(e.type, round(e.audio_position_s, 6)) for e in r] for r in runs]
+    assert shapes[0] == shapes[1] == shapes[2]
+    assert [t for t, _ in shapes[0]] == ["anomaly_start", "machine_stopped", "anomaly_end", "machine_running",
+                                         "anomaly_start", "anomaly_end"], shapes[0]
 
 
 def test_an_open_anomaly_ends_when_the_machine_stops_and_state_says_stopped(bundle):
@@ -260,3 +267,23 @@ def test_the_log_line_names_the_machine_state(bundle):
     (line,) = logs
     assert line["event"] == "machine_stopped" and line["log_level"] == "info" and line["monitor"] == "fan-1"
     assert line["level_db"] < line["limit_db"] and "machine stopped" in line["message"]
+
+
+def test_check_says_which_machine_judgement_is_in_force(tmp_path):
+    old = without_level(tmp_path)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"node: n1\nmonitors:\n  - name: new\n    model: {BUNDLE_DIR}\n"
+                      f"  - name: old\n    model: {old.path}\n"
+                      f"  - name: disabled\n    model: {BUNDLE_DIR}\n    machine:\n      enabled: false\n")
+    proc = subprocess.run([sys.executable, "-m", "edge_monitor", "check", str(config)], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line.strip() for line in proc.stdout.splitlines() if "machine state" in line]
+    level = Bundle.load(BUNDLE_DIR).manifest.level
+    assert lines[0].startswith(f"machine state: stopped below {level.p1 - 10:.1f} dB for 5 s"), lines
+    assert "records no level distribution" in lines[1] and "machine.enabled: false" in lines[2], lines
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"node: n1\nmonitors:\n  - name: m\n    model: {BUNDLE_DIR}\n    machine:\n      margin_db: -3\n")
+    proc = subprocess.run([sys.executable, "-m", "edge_monitor", "check", str(bad)], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 2 and "monitors[0].machine.margin_db" in proc.stderr, proc.stderr

@@ -9,8 +9,11 @@ import argparse
 import os
 from pathlib import Path
 
+import numpy as np
+
 from edge_monitor.core.detector import decision_threshold
 from edge_monitor.core.errors import UserError
+from edge_monitor.core.machine import limits
 from edge_monitor.node.bundles import open_bundles
 from edge_monitor.node.config import load
 from edge_monitor.node.sinks import NodeSink
@@ -50,6 +53,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"  decisions: {d.window_seconds:g}-s mean every {d.step_seconds:g} s, threshold {threshold.value:.4f} "
               f"({threshold.origin}), {d.k_of_n[0]} of {d.k_of_n[1]} above to start, end below "
               f"{d.hysteresis:g}x, min {d.min_duration_seconds:g} s, cooldown {d.cooldown_seconds:g} s")
+        level = b.manifest.level
+        if not m.machine.enabled:
+            print("  machine state: off (machine.enabled: false); a level drop is the health fault 'silence'")
+        elif level is None:
+            print("  machine state: off, the bundle records no level distribution (made before it; retrain to "
+                  "have it); a level drop is the health fault 'silence'")
+        else:
+            stop, resume = limits(level, m.machine, float(np.mean(b.mean)), m.health.low_db)
+            print(f"  machine state: stopped below {stop:.1f} dB for {m.machine.hold_seconds:g} s, running above "
+                  f"{resume:.1f} dB (training level p1 {level.p1:.1f}, p50 {level.p50:.1f} dB)")
     mq = settings.mqtt
     if mq.enabled:
         from edge_monitor.node.mqtt.connection import read_password, ssl_context

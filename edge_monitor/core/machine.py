@@ -71,6 +71,13 @@ def level_distribution(frame_list: Sequence[np.ndarray], params: FeatureParams,
         "min": float(levels.min()), "max": float(levels.max())})
 
 
+def limits(level: LevelDistribution, settings: MachineSettings, training_level_db: float,
+           low_db: float) -> tuple[float, float]:
+    """(stop limit, resume limit) in dB: quiet below the first, loud above the second (module docstring)."""
+    limit = max(level.p1 - settings.margin_db, training_level_db - low_db)
+    return limit, limit + settings.margin_db / 2
+
+
 class MachineWatch:
     """Judges a monitor's stream of log-mel frames piece by piece; see the module docstring."""
 
@@ -83,8 +90,7 @@ class MachineWatch:
         self._n_fft = params.n_fft
         self._rate = params.sample_rate
         self._count = pieces_frames(level.window_seconds, params)
-        self.limit_db = max(level.p1 - settings.margin_db, training_level_db - low_db)
-        self.resume_db = self.limit_db + settings.margin_db / 2
+        self.limit_db, self.resume_db = limits(level, settings, training_level_db, low_db)
         self.stopped = False
         self.level_db = math.nan        # of the last complete piece
         self._id = ""
