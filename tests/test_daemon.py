@@ -441,3 +441,33 @@ def test_a_restarted_monitor_gets_a_ring_of_its_own(tmp_path, monkeypatch, pulse
         assert new_runner.monitor.threshold.value == 0.9
     finally:
         daemon._shutdown("test")
+
+
+def test_a_machine_switched_off_is_state_stopped_not_an_anomaly(node_factory, tmp_path):
+    from test_machine import (  # running 12 s, the fan switched off 15 s, running 12 s
+        RUN1,
+        STOP,
+        on_off_on,
+    )
+
+    wav = tmp_path / "on_off_on.wav"
+    write_wav(wav, on_off_on(), 16000)
+    node = node_factory()
+    node.pulse.play(wav, wait=False)
+    assert node.sub.wait_for(lambda ms: any(m.topic.endswith("fan-1/state") and m.json()["state"] == "stopped"
+                                            for m in ms), RUN1 + STOP + 15), node.output()
+    assert node.sub.wait_for(lambda ms: any(m.topic.endswith("/event") and m.json()["type"] == "machine_running"
+                                            for m in ms), STOP + 25), node.output()
+    stop, run = node.events_of("machine_stopped"), node.events_of("machine_running")
+    assert len(stop) == len(run) == 1 and stop[0]["id"] == run[0]["id"]
+    assert all(validate(e) == [] for e in stop + run)
+    assert node.events_of("anomaly_start") == []
+    # the null sink's digital zeros before and after the file are a dead input; the quiet fan is no fault
+    assert {e["health"]["condition"] for e in node.events_of("health")} <= {"dead_input"}
+    def states(ms) -> list[str]:
+        return [m.json()["state"] for m in ms if m.topic.endswith("fan-1/state")]
+
+    # running again: the state leaves "stopped" (normal; sensor_fault once the null sink's zeros last)
+    assert node.sub.wait_for(lambda ms: states(ms)[states(ms).index("stopped") + 1:][:1] in (["normal"],
+                                                                                             ["sensor_fault"]), 10), \
+        states(node.sub.messages)
