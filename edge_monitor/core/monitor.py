@@ -9,6 +9,7 @@ same window errors (``WindowScorer`` is bit-identical for any batch size).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -93,6 +94,8 @@ class Monitor:
             if index > done:
                 events += self._score(frames[done:index])
                 done = index
+            if self.health.bad:  # running again, but decisions stay suspended for the sensor's sake
+                event = dataclasses.replace(event, decisions_suspended=True)
             events.append(event)
             events += self._suspension(event.audio_position_s)
         if done < len(frames):
