@@ -96,6 +96,20 @@ class HealthInfo:
 
 
 @dataclass(frozen=True)
+class EvidenceInfo:
+    """The audio behind an anomaly: a WAV in the node's state folder (``node/evidence.py``)."""
+
+    file: str                 # path of the WAV on the node
+    sha256: str               # of the WAV file's bytes
+    start_position_s: float   # audio position of its first sample (pre-roll included)
+    duration_s: float
+
+    def to_dict(self) -> dict:
+        return {"file": self.file, "sha256": self.sha256, "start_position_s": round(self.start_position_s, 3),
+                "duration_s": round(self.duration_s, 3)}
+
+
+@dataclass(frozen=True)
 class Origin:
     """Who emits: the fields every event of one monitor shares."""
 
@@ -127,6 +141,7 @@ class Event:
     bands: tuple[Band, ...] = ()
     health: HealthInfo | None = None
     decisions_suspended: bool = False
+    evidence: EvidenceInfo | None = None  # anomaly events, once the clip is written (only then in to_dict)
 
     @property
     def monitor(self) -> str:
@@ -147,7 +162,7 @@ class Event:
         return self.score / self.threshold
 
     def to_dict(self) -> dict:
-        return {
+        data = {
             "schema": SCHEMA,
             "schema_version": SCHEMA_VERSION,
             "type": self.type,
@@ -169,6 +184,9 @@ class Event:
             "health": self.health.to_dict() if self.health else None,
             "decisions_suspended": self.decisions_suspended,
         }
+        if self.evidence is not None:
+            data["evidence"] = self.evidence.to_dict()
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
@@ -203,7 +221,8 @@ _FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "health": ((dict,), True),
     "decisions_suspended": ((bool,), False),
 }
-_OPTIONAL = {"seq": (int,)}  # added by the MQTT publisher
+_OPTIONAL = {"seq": (int,), "evidence": (dict,)}  # seq: added by the MQTT publisher; evidence: anomaly events
+_EVIDENCE = {"file": (str,), "sha256": (str,), "start_position_s": (int, float), "duration_s": (int, float)}
 
 
 def validate(data: Any) -> list[str]:
@@ -256,7 +275,34 @@ def validate(data: Any) -> list[str]:
             problems.append("health event without 'health'")
         elif health.get("condition") not in HEALTH_CONDITIONS or health.get("status") not in HEALTH_STATUS:
             problems.append(f"health condition/status {health.get('condition')!r}/{health.get('status')!r} unknown")
+    if "evidence" in data:
+        problems += _evidence_problems(data["evidence"], data["type"])
     if "seq" in data and (isinstance(data["seq"], bool) or not isinstance(data["seq"], int)):
         problems.append("field 'seq' must be an integer")
     return problems
 
+
+
+def _evidence_problems(evidence: Any, kind: str) -> list[str]:
+    if kind not in ANOMALY_TYPES:
+        return [f"{kind} event with 'evidence' (only anomaly events carry it)"]
+    if not isinstance(evidence, dict):
+        return [f"field 'evidence' has type {type(evidence).__name__}"]
+    if set(evidence) != set(_EVIDENCE):
+        return [f"evidence has fields {sorted(evidence)}, expected {sorted(_EVIDENCE)}"]
+    problems = []
+    for key, kinds in _EVIDENCE.items():
+        value = evidence[key]
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            problems.append(f"evidence.{key} has type {value.__class__.__name__}")
+    if problems:
+        return problems
+    if not evidence["file"]:
+        problems.append("evidence.file is empty")
+    if len(evidence["sha256"]) != 64 or any(c not in "0123456789abcdef" for c in evidence["sha256"]):
+        problems.append("evidence.sha256 is not 64 lowercase hex digits")
+    if not evidence["duration_s"] > 0 or not math.isfinite(evidence["duration_s"]):
+        problems.append("evidence.duration_s must be > 0")
+    if not math.isfinite(evidence["start_position_s"]) or evidence["start_position_s"] < 0:
+        problems.append("evidence.start_position_s must be ≥ 0")
+    return problems

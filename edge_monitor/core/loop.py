@@ -64,6 +64,13 @@ class Sink(Protocol):
     def telemetry(self, monitor: str, values: dict) -> None: ...
 
 
+class Tap(Protocol):
+    def samples(self, block: np.ndarray, dropped: int, position: int) -> None:
+        """The model-rate samples the Monitor was just given (before its events reach the sinks): ``dropped``
+        samples were lost before them and ``position`` is the stream position of ``block[0]``. ``block`` is
+        only valid during the call (copy what you keep)."""
+
+
 class Loop:
     """Runs one Monitor on one Source, telling ``sinks`` about events, state changes and telemetry.
 
@@ -73,10 +80,11 @@ class Loop:
     """
 
     def __init__(self, monitor: Monitor, source: Source, sinks: Sequence[Sink], *,
-                 telemetry_seconds: float | None = None):
+                 telemetry_seconds: float | None = None, taps: Sequence[Tap] = ()):
         self.monitor = monitor
         self.source = source
         self.sinks = tuple(sinks)
+        self.taps = tuple(taps)  # e.g. the evidence recorder (node/evidence.py): sees every block Monitor sees
         self.model_rate = monitor.params.sample_rate
         self.resampler = StreamResampler(source.rate, self.model_rate) if source.rate != self.model_rate else None
         self.telemetry_seconds = telemetry_seconds
@@ -137,6 +145,7 @@ class Loop:
                 block = self.resampler.process(block)
                 dropped = int(round(dropped * self.model_rate / self.source.rate)) + lost if dropped else 0
             events += m.process(block, dropped)
+            self._tap(block, dropped)
             self.last_progress = time.monotonic()
         self._emit(events)
         if self.telemetry_seconds is not None and self.source.clock() >= self._next_telemetry:
@@ -152,11 +161,17 @@ class Loop:
             tail = self.resampler.flush()
             if len(tail):
                 events += self.monitor.process(tail)
+                self._tap(tail, 0)
         events += self.monitor.finish(reason)
         self._emit(events)
         self._state = None
         for sink in self.sinks:
             sink.state(self.monitor.name, "unknown", None, self.monitor.threshold.value)
+
+    def _tap(self, block: np.ndarray, dropped: int) -> None:
+        position = self.monitor.position - len(block)
+        for tap in self.taps:
+            tap.samples(block, dropped, position)
 
     # --- what the sinks hear ------------------------------------------------------------------
     def telemetry(self) -> None:
