@@ -141,6 +141,9 @@ def replay_file(path: Path, settings: Settings, bundles: dict[str, Bundle], *, b
             source.close()
             result.error = str(exc)
             continue
+        if stage is not None:  # the clips of this file written: a storage problem is told before the next file
+            evidence.flush()
+            loop.late_notices()
         result.events = loop.events
         result.clip_score = monitor.clip_score()
     return results

@@ -100,6 +100,21 @@ class Loop:
         """From any thread: the node's storage failed (or is back); the loop says so with its next chunk."""
         self._storage.append((ok, message))
 
+    def _storage_events(self) -> list[Event]:
+        events: list[Event] = []
+        while self._storage:
+            events += self.monitor.storage(*self._storage.popleft())
+        return events
+
+    def late_notices(self) -> None:
+        """After ``finish``: tell the sinks storage notices that came in since (replay's evidence writer
+        writes the last clip after the file ended). Events only; the state stays ``unknown``."""
+        for event in self._storage_events():
+            if self.keep_events:
+                self.events.append(event)
+            for sink in self.sinks:
+                sink.event(event)
+
     # --- life cycle ---------------------------------------------------------------------------
     def start(self) -> None:
         """Tell the sinks the initial state; start the telemetry period."""
@@ -127,9 +142,7 @@ class Loop:
             self.ended = True
             return False
         m = self.monitor
-        events: list[Event] = []
-        while self._storage:
-            events += m.storage(*self._storage.popleft())
+        events = self._storage_events()
         for ok, message in chunk.notices:
             events += m.sensor_fault(not ok, message)
             if self.resampler is not None:

@@ -251,9 +251,11 @@ class EvidenceStage:
         assert event.anomaly is not None
         began = int(round(event.anomaly.started_position_s * self.rate))
         start = max(self.ring.start, began - int(self.settings.pre_roll_seconds * self.rate))
-        n = self.ring.copy(start, buffer)
         stop_at = min(start + len(buffer), began + int(self.settings.max_seconds * self.rate))
+        n = self.ring.copy(start, buffer[:stop_at - start])
         self._rec = _Recording(event.id, buffer, start, n, began, stop_at)
+        if start + n >= stop_at:  # long blocks (replay): the cap is already reached; anomaly_start carries it
+            self._hand_over(capped=True)
 
     def _hand_over(self, *, capped: bool) -> None:
         rec, self._rec = self._rec, None
@@ -303,6 +305,13 @@ class EvidenceWriter:
     def put(self, item: tuple) -> None:
         self._queue.put(item)
 
+    def flush(self) -> None:
+        """Wait until everything queued so far is written and forwarded (replay, between files)."""
+        if self._thread.is_alive():
+            done = threading.Event()
+            self._queue.put(("flush", done))
+            done.wait()
+
     def close(self, timeout: float = 10.0) -> bool:
         """Drain the queue (write every clip, forward every event) and stop; False if not done in ``timeout``."""
         if not self._thread.is_alive():
@@ -326,6 +335,8 @@ class EvidenceWriter:
         kind, target, payload = item[0], item[1], item[2] if len(item) > 2 else None
         if kind == "event":
             self._forward(target, payload)
+        elif kind == "flush":
+            target.set()
         elif kind == "state":
             for sink in target:
                 sink.state(*payload)
