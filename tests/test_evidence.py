@@ -243,3 +243,58 @@ def test_png_writer_round_trips_through_pillow():
     picture = Image.open(__import__("io").BytesIO(log_mel_png(rng.standard_normal(RATE).astype(np.float32) * 0.1,
                                                               params)))
     assert picture.size == (1 + (RATE - params.n_fft) // params.hop_length, params.n_mels)
+
+
+class _Sink:
+    def __init__(self):
+        self.events = []
+
+    def event(self, event):
+        self.events.append(event)
+
+    def state(self, *args):
+        pass
+
+    def telemetry(self, *args):
+        pass
+
+
+def test_the_processing_side_never_waits_for_the_writer(tmp_path):
+    """Daemon mode: with the writer stuck (never started), a third anomaly finds no free clip buffer — it is
+    dropped and counted, never waited for; every event is queued and, once the writer runs, forwarded in order."""
+    from edge_monitor.core.events import AnomalyInfo
+    from edge_monitor.core.model import Bundle
+    from edge_monitor.core.monitor import Monitor
+    from edge_monitor.core.settings import MonitorSettings
+    from edge_monitor.node.evidence import EvidenceWriter
+    from edge_monitor.node.settings import EvidenceSettings
+
+    bundle = Bundle.load(BUNDLE)
+    monitor = Monitor(MonitorSettings(name="fan-1", model=str(BUNDLE)), bundle, node="n", source="test", live=True)
+    writer = EvidenceWriter(tmp_path, EvidenceSettings(pre_roll_seconds=1, max_seconds=5), blocking=False)
+    sink = _Sink()
+    stage = writer.stage(monitor, [sink])
+    position, sent = 0, []
+    block = np.full(RATE, 0.25, np.float32)
+    for i in range(3):
+        anomaly_id = f"{i:016x}"
+        began = position / RATE  # the anomaly begins with the next block
+        for kind, seq in (("anomaly_start", 0), ("anomaly_end", 1)):
+            stage.samples(block, 0, position)
+            position += RATE
+            info = AnomalyInfo(0, began, 1.0, 1.0, 1.0, None if seq == 0 else "recovered")
+            event = monitor.origin.event(kind, anomaly_id, seq, position / RATE, anomaly=info)
+            stage.event(event)
+            sent.append(event.event_id)
+    assert stage.clips_dropped == 1 and sink.events == []
+    writer.start()
+    assert writer.close(timeout=30)
+    assert [e.event_id for e in sink.events] == sent
+    with_evidence = [e.id for e in sink.events if e.evidence is not None]
+    assert with_evidence == [f"{0:016x}", f"{1:016x}"]
+    for e in sink.events:
+        if e.evidence is not None:
+            assert hashlib.sha256(Path(e.evidence.file).read_bytes()).hexdigest() == e.evidence.sha256
+            ev, began = e.evidence, e.anomaly.started_position_s
+            assert ev.start_position_s == pytest.approx(max(0.0, began - 1.0))  # 1 s of pre-roll
+            assert ev.start_position_s + ev.duration_s == pytest.approx(e.audio_position_s)
