@@ -31,6 +31,7 @@ model rate — the layout ``record`` writes and ``train`` reads; ``edge-monitor 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -280,7 +281,7 @@ class EvidenceWriter:
     """
 
     def __init__(self, root: str | Path, settings: EvidenceSettings, *, blocking: bool = False):
-        self.root = Path(root)
+        self.root = Path(root).absolute()  # events name the file by its full path
         self.settings = settings
         self.blocking = blocking
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -386,8 +387,10 @@ class EvidenceWriter:
                     "label": None}
             write_atomic(side_path, (json.dumps(side, indent=1) + "\n").encode())
         except OSError as exc:
-            for path in (wav_path, png_path, side_path):
-                path.unlink(missing_ok=True)
+            for path in (wav_path, png_path, side_path):  # and write_atomic's temp file, if a write failed
+                for leftover in (path, path.with_name(f".{path.name}.tmp")):
+                    with contextlib.suppress(OSError):
+                        leftover.unlink(missing_ok=True)
             self._failed(stage, clip.id, exc)
             return
         self._evidence[(stage.name, clip.id)] = info
