@@ -68,7 +68,7 @@ def test_replay_evidence_is_the_anomalys_audio_with_its_pre_roll(tmp_path, recor
         began = end["anomaly"]["started_position_s"]
         assert ev["start_position_s"] == pytest.approx(max(0.0, began - 10.0), abs=0.01)
         assert ev["start_position_s"] + ev["duration_s"] == pytest.approx(end["audio_position_s"], abs=0.01)
-        first = int(round(ev["start_position_s"] * RATE))
+        first = round(ev["start_position_s"] * RATE)
         segment = model_rate[first:first + info.frames]
         assert np.corrcoef(clip[:, 0], segment)[0, 1] > 0.99
         picture = Image.open(wav.with_suffix(".png"))
@@ -206,7 +206,7 @@ def test_rolling_normal_sample_keeps_a_bounded_set(tmp_path):
     kept = sorted((state / "normal" / "fan-1").glob("sample_*.wav"))
     assert len(kept) == 2  # 60 s hold four or five; the oldest went
     for path in kept:
-        samples, info = read_wav(path)
+        _, info = read_wav(path)
         assert info.sample_rate == RATE and info.encoding == "pcm16" and info.frames == 10 * RATE
 
 

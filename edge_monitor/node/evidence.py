@@ -230,7 +230,7 @@ class EvidenceStage:
         if event.type == "anomaly_start":
             self._start(event)
         elif event.type == "anomaly_end" and self._rec is not None and self._rec.id == event.id:
-            stop = int(round(event.audio_position_s * self.rate))
+            stop = round(event.audio_position_s * self.rate)
             self._rec.n = max(0, min(self._rec.n, stop - self._rec.start))
             self._hand_over(capped=False)
         self.writer.put(("event", self.sinks, event))
@@ -250,7 +250,7 @@ class EvidenceStage:
             self._log.error("evidence clip dropped: the writer is behind", id=event.id, dropped=self.clips_dropped)
             return
         assert event.anomaly is not None
-        began = int(round(event.anomaly.started_position_s * self.rate))
+        began = round(event.anomaly.started_position_s * self.rate)
         start = max(self.ring.start, began - int(self.settings.pre_roll_seconds * self.rate))
         stop_at = min(start + len(buffer), began + int(self.settings.max_seconds * self.rate))
         n = self.ring.copy(start, buffer[:stop_at - start])
