@@ -5,6 +5,7 @@ private mosquitto, ``edge-monitor run`` as a subprocess reading the sink's monit
     python bench/daemon.py [--seconds 30] [--latency-runs 5] [--monitors 1,4] [--no-mqtt]
                            [--python-cmd CMD] [--bundle DIR] [--start-timeout S]
                            [--pythonpath TREE --module edge_monitor.cli]   # another tree, for before/after
+                           [--evidence on|off|both]   # evidence recording (node/evidence.py) on, off, or each
 
 ``--python-cmd`` runs the daemon with another interpreter, e.g. the arm64 stage's wrapper into its
 emulated root file system (``tests/arm64.sh``); the process must keep the PID of the command (exec).
@@ -15,7 +16,8 @@ code cache): those mappings are told apart by address and name (see :func:`qemu_
    while normal machine sound plays: CPU seconds per second of the whole process (from
    /proc/<pid>/stat, after a warm-up), per monitor, and resident memory (VmRSS, VmHWM).
 2. Latency: a clip whose bearing fault starts at 8 s is played into the sink; from the fault's onset
-   (playback start + 8 s) to the MQTT ``anomaly_start`` at a subscriber.
+   (playback start + 8 s) to the MQTT ``anomaly_start`` at a subscriber; also the CPU of the processing
+   thread and of the whole daemon over these runs (each anomaly writes an evidence clip when evidence is on).
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ def memory_mb(pid: int) -> dict[str, float]:
     return values
 
 
-OPTIONS = {"module": "edge_monitor", "pythonpath": None, "mqtt": True}
+OPTIONS = {"module": "edge_monitor", "pythonpath": None, "mqtt": True, "evidence": "on"}
 
 
 def write_config(root: Path, monitors: int, port: int) -> Path:
@@ -91,7 +93,9 @@ def write_config(root: Path, monitors: int, port: int) -> Path:
     enabled = "true" if OPTIONS["mqtt"] else "false"
     config.write_text(f"node: bench\naudio:\n  device: pulse\nmonitors:\n{entries}mqtt:\n  enabled: {enabled}\n"
                       f"  host: 127.0.0.1\n  port: {port}\n  telemetry_seconds: 10\n  outbox:\n"
-                      f"    path: {root / f'outbox{monitors}.sqlite'}\nlogging:\n  format: json\n")
+                      f"    path: {root / f'outbox{monitors}.sqlite'}\nlogging:\n  format: json\n"
+                      + (f"state_dir: {root / 'state'}\nevidence:\n  enabled: {str(OPTIONS['evidence'] == 'on').lower()}\n"
+                         if OPTIONS["evidence"] != "absent" else ""))
     return config
 
 
@@ -161,6 +165,7 @@ def latency(root: Path, broker: Broker, runs: int) -> None:
     try:
         wait_running(proc, log)
         sub = Subscriber(broker.port, "edge-monitor/bench/#")
+        c0, t0, th0 = cpu_seconds(proc.pid), time.monotonic(), thread_cpu(proc.pid)
         rng = np.random.default_rng(77)
         for run in range(runs):
             wav = root / f"onset{run}.wav"
@@ -178,6 +183,11 @@ def latency(root: Path, broker: Broker, runs: int) -> None:
             print(f"  run {run + 1}: " + (f"anomaly_start {received - started - onset:.2f} s after the onset"
                                           if got else "no anomaly_start"))
             time.sleep(6)  # let the anomaly end and the cooldown pass
+        c1, t1, th1 = cpu_seconds(proc.pid), time.monotonic(), thread_cpu(proc.pid)
+        processing = sum(th1[k] - th0.get(k, 0.0) for k in th1 if k.startswith("em:")) / (t1 - t0)
+        clips = len(list((root / "state" / "evidence").glob("*/*.wav")))
+        print(f"  over the latency runs: daemon CPU {100 * (c1 - c0) / (t1 - t0):.2f} % of one core, processing "
+              f"thread {100 * processing:.2f} %; evidence clips on disk: {clips}")
         sub.close()
     finally:
         proc.terminate()
@@ -200,21 +210,27 @@ def main() -> None:
     parser.add_argument("--python-cmd", help="command (shell words) that runs the daemon's Python")
     parser.add_argument("--bundle", type=Path, default=BUNDLE, help="the model bundle, as the daemon sees it")
     parser.add_argument("--start-timeout", type=float, default=30.0, help="seconds for the daemon to start")
+    parser.add_argument("--evidence", choices=("on", "off", "both", "absent"), default="on",
+                        help="evidence recording on or off (both: each in turn; absent: no state_dir/evidence keys, "
+                             "for trees older than evidence)")
     parser.add_argument("--emulated", action="store_true", help="the daemon runs under qemu-user: split its RSS")
     args = parser.parse_args()
     OPTIONS.update(module=args.module, pythonpath=args.pythonpath, mqtt=not args.no_mqtt)
     BUNDLE, START_TIMEOUT, EMULATED = args.bundle, args.start_timeout, args.emulated
     PYTHON_CMD = shlex.split(args.python_cmd) if args.python_cmd else [sys.executable]
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        broker = Broker(root / "broker").start()
-        try:
-            for monitors in (int(m) for m in args.monitors.split(",")):
-                cost(root, broker, monitors, args.seconds)
-            if args.latency_runs > 0 and not args.no_mqtt:
-                latency(root, broker, args.latency_runs)
-        finally:
-            broker.stop()
+    for evidence in ("on", "off") if args.evidence == "both" else (args.evidence,):
+        OPTIONS["evidence"] = evidence
+        print(f"--- evidence {evidence}")
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            broker = Broker(root / "broker").start()
+            try:
+                for monitors in (int(m) for m in args.monitors.split(",")):
+                    cost(root, broker, monitors, args.seconds)
+                if args.latency_runs > 0 and not args.no_mqtt:
+                    latency(root, broker, args.latency_runs)
+            finally:
+                broker.stop()
 
 
 if __name__ == "__main__":

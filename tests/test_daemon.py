@@ -52,6 +52,7 @@ class Node:
         self.broker = broker
         self.config = root / "config.yaml"
         self.events = root / "events.jsonl"
+        self.state_dir = root / "state"  # the node's state folder: evidence/ (alert clips), normal/
         self.write_config(**overrides)
         self.notify_path = str(root / "notify.sock")
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -87,6 +88,7 @@ mqtt:
   outbox:
     path: {self.root / 'outbox.sqlite'}
 events_jsonl: {self.events}
+state_dir: {self.state_dir}
 {extra}""")
 
     def _read_notify(self) -> None:

@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write the F1-optimal clip threshold found on these clips into the bundle")
     parser.add_argument("--labels", type=Path, default=None,
                         help="labelled field clips: <state>/labels or <state>/labels/<monitor> with normal/ and "
-                             "anomaly/ (default: /var/lib/edge-monitor/labels when it exists)")
+                             "anomaly/, or a node's state folder <state> with faults/<monitor> and normal/<monitor> "
+                             "(edge-monitor label) (default: /var/lib/edge-monitor/labels when it exists)")
 
 
 def find_bundles(path: Path) -> list[Bundle]:

@@ -23,7 +23,9 @@ Labelled field clips: ``<state>/labels/<monitor>/{normal,anomaly}/*.wav`` (``ano
 called ``abnormal/``), each optionally with its ``.json`` sidecar; ``<state>`` is the node's state
 folder (``/var/lib/edge-monitor``). ``evaluate --labels DIR`` takes ``DIR`` = ``<state>/labels`` (the
 subfolder named like the bundle, ``fan-id_00``, is used) or one ``<state>/labels/<monitor>`` folder;
-without ``--labels``, ``/var/lib/edge-monitor/labels`` is used when it exists.
+without ``--labels``, ``/var/lib/edge-monitor/labels`` is used when it exists. The node's own layout works
+too: ``--labels <state>`` (or ``<state>/faults/<monitor>``) takes ``<state>/faults/<monitor>/*.wav`` (clips
+``edge-monitor label ID anomaly`` put there) as anomalous and ``<state>/normal/<monitor>/*.wav`` as normal.
 """
 
 from __future__ import annotations
@@ -147,6 +149,11 @@ def field_clips(labels: Path | None, bundle: Bundle) -> list[Clip]:
             return []
     elif not labels.is_dir():
         raise UserError(f"--labels {labels}: no such folder; give <state>/labels or <state>/labels/<monitor>")
+    state = _state_folders(labels, bundle)
+    if state is not None:
+        return [Clip(p, bundle.machine_type, bundle.machine_id, label)
+                for label, d in enumerate(state) if d.is_dir()
+                for p in sorted(d.iterdir()) if p.is_file() and p.suffix.lower() == ".wav"]
     folder = labels
     if not any((labels / d).is_dir() for d in _LABEL_DIRS):
         folder = labels / bundle.name
@@ -157,6 +164,16 @@ def field_clips(labels: Path | None, bundle: Bundle) -> list[Clip]:
             clips += [Clip(p, bundle.machine_type, bundle.machine_id, label)
                       for p in sorted(d.iterdir()) if p.is_file() and p.suffix.lower() == ".wav"]
     return clips
+
+
+def _state_folders(labels: Path, bundle: Bundle) -> tuple[Path, Path] | None:
+    """The node's own layout (``edge-monitor label``): ``<state>/normal/<monitor>`` and ``<state>/faults/<monitor>``,
+    given ``<state>`` (the monitor named like the bundle) or ``<state>/faults/<monitor>``; None otherwise."""
+    if (labels / "faults").is_dir():
+        return labels / "normal" / bundle.name, labels / "faults" / bundle.name
+    if labels.parent.name == "faults":
+        return labels.parent.parent / "normal" / labels.name, labels
+    return None
 
 
 # ------------------------------------------------------------------------------ the detector's verdicts

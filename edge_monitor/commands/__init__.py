@@ -45,6 +45,11 @@ COMMANDS: dict[str, Command] = {
     "check": Command("edge_monitor.commands.check",
                      "validate a node config and every model bundle it names; print what would run",
                      "edge-monitor check /etc/edge-monitor/config.yaml"),
+    "label": Command("edge_monitor.commands.label",
+                     "record the operator's verdict on an alert's evidence: normal joins the normal set, anomaly "
+                     "the labelled faults",
+                     "edge-monitor label 1a23588de4300b12 normal --note 'belt replaced' --config "
+                     "/etc/edge-monitor/config.yaml"),
     "devices": Command("edge_monitor.commands.devices",
                        "list audio input devices with their channels and default rates",
                        "edge-monitor devices"),

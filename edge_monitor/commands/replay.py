@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mqtt", nargs="?", const="", metavar="URL",
                         help="also publish the events over MQTT: mqtt[s]://[user@]host[:port] (no URL: the config's "
                              "mqtt section); undelivered events stay in the outbox for the next run")
+    parser.add_argument("--evidence", type=Path, metavar="DIR",
+                        help="write each anomaly's audio (with its pre-roll) and a log-mel PNG into DIR/evidence/<monitor>/ "
+                             "as the daemon does in its state folder; events carry evidence: {file, sha256, ...}")
     parser.add_argument("--node", help="node name in events (default: the config's, else this host's name)")
     parser.add_argument("--quiet", action="store_true", help="no per-file summary")
 
@@ -84,7 +87,8 @@ def _settings(args: argparse.Namespace) -> Settings:
                 names = ", ".join(m.name for m in settings.monitors)
                 raise UserError(f"replay: no monitor {args.monitor!r} in {args.config} (it has: {names})")
         node = args.node or settings.node
-        return Settings(node=node, monitors=monitors, audio=settings.audio, mqtt=settings.mqtt, source=settings.source)
+        return Settings(node=node, monitors=monitors, audio=settings.audio, mqtt=settings.mqtt, source=settings.source,
+                        evidence=settings.evidence)
     if args.monitor is not None:
         raise UserError("replay: --monitor goes with --config")
     model = args.model if args.model is not None else DEMO_BUNDLE
@@ -98,9 +102,10 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def replay_file(path: Path, settings: Settings, bundles: dict[str, Bundle], *, block_seconds: float,
                 realtime: bool, sinks: list, scorers: dict[str, WindowScorer] | None = None,
-                telemetry_seconds: float | None = None) -> list[FileResult]:
+                telemetry_seconds: float | None = None, evidence=None) -> list[FileResult]:  # noqa: ANN001
     """Replay one file through every monitor with the one loop (``core.loop.Loop``) the daemon runs,
-    the file read from disk block by block; returns one result per monitor."""
+    the file read from disk block by block; returns one result per monitor. ``evidence``: an
+    ``node.evidence.EvidenceWriter`` (``--evidence``) that records each anomaly's audio in front of ``sinks``."""
     results = []
     scorers = scorers if scorers is not None else {}
     for m in settings.monitors:
@@ -124,7 +129,11 @@ def replay_file(path: Path, settings: Settings, bundles: dict[str, Bundle], *, b
         monitor = Monitor(m, bundle, node=settings.node, source=source.label, live=False, keep_errors=True,
                           scorer=scorers[m.name])
         result.threshold = monitor.threshold.value
-        loop = Loop(monitor, source, sinks, telemetry_seconds=telemetry_seconds)
+        stage = evidence.stage(monitor, sinks) if evidence is not None else None
+        loop = Loop(monitor, source, [stage] if stage else sinks, telemetry_seconds=telemetry_seconds,
+                    taps=[stage] if stage else ())
+        if stage is not None:
+            stage.bind(loop)
         loop.keep_events = True
         try:
             loop.run()
@@ -132,6 +141,9 @@ def replay_file(path: Path, settings: Settings, bundles: dict[str, Bundle], *, b
             source.close()
             result.error = str(exc)
             continue
+        if stage is not None:  # the clips of this file written: a storage problem is told before the next file
+            evidence.flush()
+            loop.late_notices()
         result.events = loop.events
         result.clip_score = monitor.clip_score()
     return results
@@ -182,6 +194,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UserError(f"--jsonl {args.jsonl}: cannot open: {exc.strerror}") from None
     sinks: list = [sink]
+    evidence = _evidence(args.evidence, settings) if args.evidence is not None else None
     out = sys.stderr if args.jsonl == "-" else sys.stdout
     results: list[FileResult] = []
     scorers: dict[str, WindowScorer] = {}
@@ -189,7 +202,8 @@ def run(args: argparse.Namespace) -> int:
         for path in args.files:
             file_results = replay_file(path, settings, bundles, block_seconds=block_seconds,
                                        realtime=args.realtime, sinks=sinks, scorers=scorers,
-                                       telemetry_seconds=settings.mqtt.telemetry_seconds if publisher else None)
+                                       telemetry_seconds=settings.mqtt.telemetry_seconds if publisher else None,
+                                       evidence=evidence)
             for r in file_results:
                 if r.error:
                     print(f"edge-monitor: error: {r.error}", file=sys.stderr)
@@ -197,6 +211,8 @@ def run(args: argparse.Namespace) -> int:
                     _summary(r, bundles[r.monitor], out)
             results.extend(file_results)
     finally:
+        if evidence is not None:
+            evidence.close(timeout=600)  # every clip written and every event forwarded before the sinks close
         for sink in sinks:
             sink.close()
     undelivered = _drain(publisher) if publisher is not None else 0
@@ -210,6 +226,22 @@ def run(args: argparse.Namespace) -> int:
     if any(r.error for r in results) or undelivered:
         return 2
     return 1 if any(r.anomalies for r in results) else 0
+
+
+def _evidence(folder: Path, settings: Settings):
+    """The daemon's evidence recorder with ``folder`` as its state folder; stages wait for buffers (no clip lost)."""
+    from edge_monitor.node.evidence import EvidenceWriter
+    from edge_monitor.node.statedir import ensure_dir
+
+    try:
+        ensure_dir(folder)
+    except OSError as exc:
+        raise UserError(f"--evidence {folder}: cannot create it ({exc.strerror})") from None
+    if not folder.is_dir():
+        raise UserError(f"--evidence {folder}: is not a folder")
+    writer = EvidenceWriter(folder, settings.evidence, blocking=True)
+    writer.start()
+    return writer
 
 
 MQTT_DRAIN_SECONDS = 10.0

@@ -116,6 +116,20 @@ class MachineInfo:
 
 
 @dataclass(frozen=True)
+class EvidenceInfo:
+    """The audio behind an anomaly: a WAV in the node's state folder (``node/evidence.py``)."""
+
+    file: str                 # path of the WAV on the node
+    sha256: str               # of the WAV file's bytes
+    start_position_s: float   # audio position of its first sample (pre-roll included)
+    duration_s: float
+
+    def to_dict(self) -> dict:
+        return {"file": self.file, "sha256": self.sha256, "start_position_s": round(self.start_position_s, 3),
+                "duration_s": round(self.duration_s, 3)}
+
+
+@dataclass(frozen=True)
 class Origin:
     """Who emits: the fields every event of one monitor shares."""
 
@@ -148,6 +162,7 @@ class Event:
     health: HealthInfo | None = None
     decisions_suspended: bool = False
     machine_state: MachineInfo | None = None
+    evidence: EvidenceInfo | None = None  # anomaly events, once the clip is written (only then in to_dict)
 
     @property
     def monitor(self) -> str:
@@ -168,7 +183,7 @@ class Event:
         return self.score / self.threshold
 
     def to_dict(self) -> dict:
-        return {
+        data = {
             "schema": SCHEMA,
             "schema_version": SCHEMA_VERSION,
             "type": self.type,
@@ -191,6 +206,9 @@ class Event:
             "decisions_suspended": self.decisions_suspended,
             "machine_state": self.machine_state.to_dict() if self.machine_state else None,
         }
+        if self.evidence is not None:
+            data["evidence"] = self.evidence.to_dict()
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
@@ -225,8 +243,10 @@ _FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "health": ((dict,), True),
     "decisions_suspended": ((bool,), False),
 }
-# "seq": added by the MQTT publisher; "machine_state": machine_stopped/machine_running (null otherwise)
-_OPTIONAL = {"seq": (int,), "machine_state": (dict, type(None))}
+# "seq": added by the MQTT publisher; "machine_state": machine_stopped/machine_running (null otherwise);
+# "evidence": anomaly events, once the clip is written
+_OPTIONAL = {"seq": (int,), "machine_state": (dict, type(None)), "evidence": (dict,)}
+_EVIDENCE = {"file": (str,), "sha256": (str,), "start_position_s": (int, float), "duration_s": (int, float)}
 
 
 def validate(data: Any) -> list[str]:
@@ -290,7 +310,33 @@ def validate(data: Any) -> list[str]:
         problems.append(f"{data['type']} with 'machine_state'")
     if "machine_state" in data and not isinstance(data["machine_state"], (dict, type(None))):
         problems.append("field 'machine_state' must be an object or null")
+    if "evidence" in data:
+        problems += _evidence_problems(data["evidence"], data["type"])
     if "seq" in data and (isinstance(data["seq"], bool) or not isinstance(data["seq"], int)):
         problems.append("field 'seq' must be an integer")
     return problems
 
+
+def _evidence_problems(evidence: Any, kind: str) -> list[str]:
+    if kind not in ANOMALY_TYPES:
+        return [f"{kind} event with 'evidence' (only anomaly events carry it)"]
+    if not isinstance(evidence, dict):
+        return [f"field 'evidence' has type {type(evidence).__name__}"]
+    if set(evidence) != set(_EVIDENCE):
+        return [f"evidence has fields {sorted(evidence)}, expected {sorted(_EVIDENCE)}"]
+    problems = []
+    for key, kinds in _EVIDENCE.items():
+        value = evidence[key]
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            problems.append(f"evidence.{key} has type {value.__class__.__name__}")
+    if problems:
+        return problems
+    if not evidence["file"]:
+        problems.append("evidence.file is empty")
+    if len(evidence["sha256"]) != 64 or any(c not in "0123456789abcdef" for c in evidence["sha256"]):
+        problems.append("evidence.sha256 is not 64 lowercase hex digits")
+    if not evidence["duration_s"] > 0 or not math.isfinite(evidence["duration_s"]):
+        problems.append("evidence.duration_s must be > 0")
+    if not math.isfinite(evidence["start_position_s"]) or evidence["start_position_s"] < 0:
+        problems.append("evidence.start_position_s must be ≥ 0")
+    return problems

@@ -64,6 +64,13 @@ class Sink(Protocol):
     def telemetry(self, monitor: str, values: dict) -> None: ...
 
 
+class Tap(Protocol):
+    def samples(self, block: np.ndarray, dropped: int, position: int) -> None:
+        """The model-rate samples the Monitor was just given (before its events reach the sinks): ``dropped``
+        samples were lost before them and ``position`` is the stream position of ``block[0]``. ``block`` is
+        only valid during the call (copy what you keep)."""
+
+
 class Loop:
     """Runs one Monitor on one Source, telling ``sinks`` about events, state changes and telemetry.
 
@@ -73,10 +80,11 @@ class Loop:
     """
 
     def __init__(self, monitor: Monitor, source: Source, sinks: Sequence[Sink], *,
-                 telemetry_seconds: float | None = None):
+                 telemetry_seconds: float | None = None, taps: Sequence[Tap] = ()):
         self.monitor = monitor
         self.source = source
         self.sinks = tuple(sinks)
+        self.taps = tuple(taps)  # e.g. the evidence recorder (node/evidence.py): sees every block Monitor sees
         self.model_rate = monitor.params.sample_rate
         self.resampler = StreamResampler(source.rate, self.model_rate) if source.rate != self.model_rate else None
         self.telemetry_seconds = telemetry_seconds
@@ -91,6 +99,21 @@ class Loop:
     def storage_notice(self, ok: bool, message: str) -> None:
         """From any thread: the node's storage failed (or is back); the loop says so with its next chunk."""
         self._storage.append((ok, message))
+
+    def _storage_events(self) -> list[Event]:
+        events: list[Event] = []
+        while self._storage:
+            events += self.monitor.storage(*self._storage.popleft())
+        return events
+
+    def late_notices(self) -> None:
+        """After ``finish``: tell the sinks storage notices that came in since (replay's evidence writer
+        writes the last clip after the file ended). Events only; the state stays ``unknown``."""
+        for event in self._storage_events():
+            if self.keep_events:
+                self.events.append(event)
+            for sink in self.sinks:
+                sink.event(event)
 
     # --- life cycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -119,9 +142,7 @@ class Loop:
             self.ended = True
             return False
         m = self.monitor
-        events: list[Event] = []
-        while self._storage:
-            events += m.storage(*self._storage.popleft())
+        events = self._storage_events()
         for ok, message in chunk.notices:
             events += m.sensor_fault(not ok, message)
             if self.resampler is not None:
@@ -137,6 +158,7 @@ class Loop:
                 block = self.resampler.process(block)
                 dropped = int(round(dropped * self.model_rate / self.source.rate)) + lost if dropped else 0
             events += m.process(block, dropped)
+            self._tap(block, dropped)
             self.last_progress = time.monotonic()
         self._emit(events)
         if self.telemetry_seconds is not None and self.source.clock() >= self._next_telemetry:
@@ -152,11 +174,17 @@ class Loop:
             tail = self.resampler.flush()
             if len(tail):
                 events += self.monitor.process(tail)
+                self._tap(tail, 0)
         events += self.monitor.finish(reason)
         self._emit(events)
         self._state = None
         for sink in self.sinks:
             sink.state(self.monitor.name, "unknown", None, self.monitor.threshold.value)
+
+    def _tap(self, block: np.ndarray, dropped: int) -> None:
+        position = self.monitor.position - len(block)
+        for tap in self.taps:
+            tap.samples(block, dropped, position)
 
     # --- what the sinks hear ------------------------------------------------------------------
     def telemetry(self) -> None:

@@ -312,12 +312,11 @@ def _encode(x: np.ndarray, encoding: str) -> bytes:
     return q.tobytes()
 
 
-def write_wav(path: PathLike, samples: np.ndarray, sample_rate: int, encoding: str = "pcm16") -> None:
-    """Write float samples in [-1, 1], 1-D (mono) or (frames, channels), as a plain RIFF/WAVE file.
+def wav_bytes(samples: np.ndarray, sample_rate: int, encoding: str = "pcm16") -> bytes:
+    """A whole plain RIFF/WAVE file as bytes: float samples in [-1, 1], 1-D (mono) or (frames, channels).
 
     ``encoding`` is one of "pcm_u8", "pcm16", "pcm24", "pcm32" (rounded, clipped to range),
-    "float32" or "float64". The file is written to a temp file in the same folder and moved
-    into place with ``os.replace``, so a crash never leaves a half-written file.
+    "float32" or "float64". int16 samples with "pcm16" are taken as they are (the node's evidence clips).
     """
     if encoding not in _CODECS:
         raise ValueError(f"unknown encoding {encoding!r}; use one of {', '.join(_CODECS)}")
@@ -326,27 +325,38 @@ def write_wav(path: PathLike, samples: np.ndarray, sample_rate: int, encoding: s
         x = x[:, None]
     if x.ndim != 2 or x.shape[1] == 0:
         raise ValueError(f"samples must be 1-D or (frames, channels), got shape {np.shape(samples)}")
-    if not np.all(np.isfinite(x)):
+    raw_pcm16 = x.dtype == np.int16 and encoding == "pcm16"
+    if not raw_pcm16 and not np.all(np.isfinite(x)):
         raise ValueError("samples contain NaN or inf")
     if not 0 < sample_rate < 2**32:
         raise ValueError(f"invalid sample rate {sample_rate}")
     tag, bits, _, _ = _CODECS[encoding]
     channels = x.shape[1]
     block_align = channels * bits // 8
-    data = _encode(np.ascontiguousarray(x), encoding)
+    data = np.ascontiguousarray(x).astype("<i2", copy=False).tobytes() if raw_pcm16 \
+        else _encode(np.ascontiguousarray(x), encoding)
     pad = b"\x00" * (len(data) & 1)
     if 36 + len(data) + len(pad) >= 2**32:
         raise ValueError("audio too long for a RIFF WAV file (4 GB limit)")
     header = struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + len(data) + len(pad), b"WAVE", b"fmt ", 16,
                          tag, channels, int(sample_rate), int(sample_rate) * block_align, block_align, bits,
                          b"data", len(data))
+    return header + data + pad
 
+
+def write_wav(path: PathLike, samples: np.ndarray, sample_rate: int, encoding: str = "pcm16") -> None:
+    """Write ``wav_bytes(samples, sample_rate, encoding)`` to ``path``.
+
+    The file is written to a temp file in the same folder and moved into place with ``os.replace``, so a
+    crash never leaves a half-written file.
+    """
+    data = wav_bytes(samples, sample_rate, encoding)
     target = Path(path)
     tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode honours the umask, unlike mkstemp
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(header + data + pad)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)

@@ -40,6 +40,7 @@ from edge_monitor.core.model import Bundle
 from edge_monitor.core.monitor import Monitor
 from edge_monitor.node.bundles import open_bundles
 from edge_monitor.node.config import load
+from edge_monitor.node.evidence import EvidenceWriter
 from edge_monitor.node.log import configure
 from edge_monitor.node.ring import RingBuffer
 from edge_monitor.node.settings import MonitorSettings, Settings
@@ -64,7 +65,8 @@ class Runner:
     """One monitor's processing thread: the one loop (``core.loop.Loop``) on a ``MicSource``."""
 
     def __init__(self, monitor: Monitor, ring: RingBuffer, capture, sink: NodeSink, telemetry_seconds: float,
-                 block_seconds: float, *, device_lost: bool = False, lost_message: str = ""):
+                 block_seconds: float, *, device_lost: bool = False, lost_message: str = "",
+                 evidence: EvidenceWriter | None = None):
         from edge_monitor.node.mic import MicSource
 
         settings = monitor.settings
@@ -79,7 +81,12 @@ class Runner:
                                 poll_seconds=POLL_SECONDS, wake=self._stop, device_lost=device_lost,
                                 lost_message=lost_message)
         self.monitor = monitor
-        self.loop = Loop(monitor, self.source, [sink], telemetry_seconds=telemetry_seconds)
+        # evidence (node/evidence.py): a stage in front of the sink that records each anomaly's audio
+        stage = evidence.stage(monitor, [sink]) if evidence is not None else None
+        self.loop = Loop(monitor, self.source, [stage or sink], telemetry_seconds=telemetry_seconds,
+                         taps=[stage] if stage else ())
+        if stage is not None:
+            stage.bind(self.loop)
         self.model_rate = monitor.params.sample_rate
         self._thread = threading.Thread(target=self._run, name=f"monitor-{self.name}", daemon=True)
 
@@ -200,6 +207,7 @@ class Daemon:
         self.notifier = Notifier()
         self.publisher = None
         self.sink: NodeSink | None = None
+        self.evidence: EvidenceWriter | None = None  # one writer thread for the node's life (a reload keeps it)
         self.bundles: dict[str, Bundle] = {}
         self.groups: dict[str, DeviceGroup] = {}
         self.captures: dict[str, object] = {}
@@ -284,6 +292,9 @@ class Daemon:
     def _start_publisher(self) -> None:
         self.publisher, scada = self._new_outputs()
         self.sink = NodeSink(jsonl=self.settings.events_jsonl, publisher=self.publisher, scada=scada)
+        if self.settings.evidence.enabled:
+            self.evidence = EvidenceWriter(self.settings.state_dir, self.settings.evidence)
+            self.evidence.start()
 
     def _build_monitors(self, settings: Settings, bundles: dict[str, Bundle], groups: dict[str, DeviceGroup],
                         names: set[str]) -> dict[str, Monitor]:
@@ -318,7 +329,8 @@ class Daemon:
         assert self.sink is not None
         name, m = monitor.name, monitor.settings
         runner = Runner(monitor, ring, capture, self.sink, self.settings.mqtt.telemetry_seconds,
-                        self.settings.audio.block_seconds, device_lost=device_lost, lost_message=lost_message)
+                        self.settings.audio.block_seconds, device_lost=device_lost, lost_message=lost_message,
+                        evidence=self.evidence)
         self.runners[name] = runner
         runner.start()
         log.info("monitor started", monitor=name, model=runner.bundle.name, device=capture.device_name,
@@ -433,6 +445,8 @@ class Daemon:
         old, settings = self.settings, change.settings
         self.settings, self.bundles = settings, change.bundles
         self._configure_logging()
+        if self.evidence is not None:  # the same writer: monitors started from now on, and retention, use these
+            self.evidence.settings = settings.evidence
         names_changed = [m.name for m in settings.monitors] != [m.name for m in old.monitors]
         if (settings.mqtt != old.mqtt or settings.node != old.node or settings.events_jsonl != old.events_jsonl
                 or (settings.sparkplug, settings.homeassistant) != (old.sparkplug, old.homeassistant)
@@ -497,6 +511,8 @@ class Daemon:
                 runner.stop(reason)
 
     def _close_sink(self) -> None:
+        if self.evidence is not None and not self.evidence.close(timeout=5.0):  # its queue goes into the sink
+            log.error("evidence writer did not finish in 5 s: clips still queued are lost")
         if self.sink is not None:
             self.sink.close()
         if self.publisher is not None:

@@ -105,6 +105,21 @@ class LoggingSettings(Validated):
     format: str = setting("auto", choice("auto", "console", "json"))  # auto: JSON under systemd
 
 
+@dataclass(frozen=True)
+class EvidenceSettings(Validated):
+    """The audio behind every alert (``node/evidence.py``): WAV + log-mel PNG in ``<state_dir>/evidence/<monitor>/``.
+
+    The defaults fit a 16-GB SD card: a 70-s clip at 16 kHz is 2.2 MB, so 2 GB holds about 900 alerts."""
+
+    enabled: bool = setting(True, boolean)
+    pre_roll_seconds: float = setting(10.0, number(0, 60))      # audio kept before the anomaly's start
+    max_seconds: float = setting(60.0, number(1, 600))          # anomaly audio per clip (the clip is cut here)
+    quota_mb: float = setting(2000.0, number(1, 1_000_000))     # evidence/ at most this big: oldest clips go first
+    max_age_days: float = setting(90.0, number(0.001, 36500))   # clips older than this go (never a monitor's newest)
+    normal_sample_seconds: float = setting(3600.0, number(0, 31_536_000))  # keep a normal clip this often; 0: off
+    normal_sample_max: int = setting(500, number(1, 1_000_000, integer=True))  # rolling normal clips per monitor
+
+
 # ---------------------------------------------------------------- SCADA: Sparkplug B and Home Assistant (issue 12)
 
 _TOPIC_LEVEL = text(r"[^/+#\x00]+", "a non-empty MQTT topic level without '/', '+' or '#'", max_length=200)
@@ -150,6 +165,7 @@ class Settings(Validated):
     events_jsonl: str | None = setting(None, path(null=True))  # also append every event to this file as JSON lines
     # the node's own state: calibration/ (per-monitor thresholds), evidence/ (alert clips), normal/ (clips for retraining)
     state_dir: str = setting("/var/lib/edge-monitor", path())
+    evidence: EvidenceSettings = setting(factory=EvidenceSettings, section=EvidenceSettings)
     logging: LoggingSettings = setting(factory=LoggingSettings, section=LoggingSettings)
     sparkplug: SparkplugSettings = setting(factory=SparkplugSettings, section=SparkplugSettings)  # SCADA (issue 12)
     homeassistant: HomeAssistantSettings = setting(factory=HomeAssistantSettings, section=HomeAssistantSettings)
