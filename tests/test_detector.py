@@ -192,3 +192,20 @@ def test_explain_bands_names_where_the_error_is():
     assert bands[1].first == 100
     assert sum(b.share for b in bands) <= 1.0 + 1e-9
     assert bands[0].share > bands[1].share > bands[2].share
+
+
+def test_storage_turns_ok_only_when_every_failing_part_is_back():
+    """The MQTT outbox and the evidence writer report to the one ``storage`` condition: evidence recovering
+    must not clear a still-failing outbox (the ok event comes when the last part is back)."""
+    from edge_monitor.core.health import Health
+    from edge_monitor.core.settings import HealthSettings
+
+    health = Health(HealthSettings(), PARAMS, -20.0, ORIGIN)
+    [bad] = health.storage(True, 1.0, "outbox: disk full", "outbox")
+    assert bad.health.status == "bad" and health.bad_conditions == ["storage"]
+    assert health.storage(True, 2.0, "evidence: disk full", "evidence") == []
+    assert health.storage(False, 3.0, "evidence clips are written again", "evidence") == []
+    assert health.bad_conditions == ["storage"]
+    [ok] = health.storage(False, 4.0, "the outbox stores messages again", "outbox")
+    assert ok.health.status == "ok" and ok.id == bad.id and health.bad_conditions == []
+    assert not health.bad  # storage never suspends decisions

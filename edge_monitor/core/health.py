@@ -55,6 +55,7 @@ class Health:
         self._conditions = {name: _Condition(name) for name in
                             ("clipping", "dead_input", "silence", "level_high", "drops", "sensor_fault", "storage")}
         self._reset_window()
+        self._storage_failing: dict[str, str] = {}  # part → why it fails
         self.drops_total = 0
         self.level_dbfs = math.nan      # of the last full window
         self.clip_fraction = 0.0        # of the last full window
@@ -98,9 +99,18 @@ class Health:
     def sensor_fault(self, bad: bool, position: float, message: str) -> list[Event]:
         return self._update("sensor_fault", bad, position, 1.0 if bad else 0.0, 0.0, message)
 
-    def storage(self, bad: bool, position: float, message: str) -> list[Event]:
-        """The node cannot store what it should (outbox on a full or read-only disk): said, not suspending."""
-        return self._update("storage", bad, position, 1.0 if bad else 0.0, 0.0, message)
+    def storage(self, bad: bool, position: float, message: str, part: str = "outbox") -> list[Event]:
+        """A part of the node's storage (the MQTT outbox, the evidence clips) cannot store what it should (a
+        full or read-only disk): said, not suspending. One ``storage`` condition for every part: it turns ok
+        only when the last failing part is back (the evidence writer recovering must not clear the outbox)."""
+        if bad:
+            self._storage_failing[part] = message
+        else:
+            self._storage_failing.pop(part, None)
+        if self._storage_failing:
+            message = "; ".join(self._storage_failing.values())
+        return self._update("storage", bool(self._storage_failing), position, float(len(self._storage_failing)),
+                            0.0, message)
 
     def samples(self, block: np.ndarray, end_position: float) -> list[Event]:
         """Samples of the stream, in order; judges each complete window. ``end_position``: after the block."""

@@ -94,11 +94,12 @@ class Loop:
         self.events: list[Event] = []   # kept only with keep_events (replay's summary)
         self.keep_events = False
         self.ended = False
-        self._storage: collections.deque[tuple[bool, str]] = collections.deque(maxlen=64)
+        self._storage: collections.deque[tuple[bool, str, str]] = collections.deque(maxlen=64)
 
-    def storage_notice(self, ok: bool, message: str) -> None:
-        """From any thread: the node's storage failed (or is back); the loop says so with its next chunk."""
-        self._storage.append((ok, message))
+    def storage_notice(self, ok: bool, message: str, part: str = "outbox") -> None:
+        """From any thread: a part of the node's storage (``outbox``, ``evidence``) failed (or is back); the
+        loop says so with its next chunk."""
+        self._storage.append((ok, message, part))
 
     def _storage_events(self) -> list[Event]:
         events: list[Event] = []

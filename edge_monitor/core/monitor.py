@@ -129,9 +129,10 @@ class Monitor:
             self._gap()
         return events
 
-    def storage(self, ok: bool, message: str) -> list[Event]:
-        """The node's storage (MQTT outbox) failed or is back: a ``storage`` health event; decisions go on."""
-        return self.health.storage(not ok, self.position / self.params.sample_rate, message)
+    def storage(self, ok: bool, message: str, part: str = "outbox") -> list[Event]:
+        """A part of the node's storage (MQTT outbox, evidence clips) failed or is back: a ``storage`` health
+        event; decisions go on."""
+        return self.health.storage(not ok, self.position / self.params.sample_rate, message, part)
 
     def _gap(self) -> None:
         self.features.reset()

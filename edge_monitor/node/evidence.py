@@ -178,7 +178,7 @@ class EvidenceStage:
 
     def storage(self, ok: bool, message: str) -> None:
         if self._loop is not None:
-            self._loop.storage_notice(ok, message)
+            self._loop.storage_notice(ok, message, "evidence")
 
     def release(self, buffer: np.ndarray) -> None:
         """From the writer: a clip buffer is free again."""
