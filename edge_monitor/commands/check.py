@@ -12,6 +12,7 @@ from pathlib import Path
 from edge_monitor.core.detector import decision_threshold
 from edge_monitor.core.errors import UserError
 from edge_monitor.node.bundles import open_bundles
+from edge_monitor.node.calibration import node_calibration
 from edge_monitor.node.config import load
 from edge_monitor.node.sinks import NodeSink
 
@@ -43,13 +44,20 @@ def run(args: argparse.Namespace) -> int:
     for m in settings.monitors:
         b = bundles[m.name]
         d = m.decision
-        threshold = decision_threshold(b.manifest, d.window_seconds, m.threshold)
+        calibration = node_calibration(settings.state_dir, m, b.sha256)
+        threshold = decision_threshold(b.manifest, d.window_seconds, m.threshold, calibration.threshold)
         device = m.device if m.device is not None else (audio.device if audio.device is not None else "default")
         print(f"monitor {m.name}: device {device} channel {m.channel} → {b.name} "
               f"({b.machine_type} {b.machine_id}, {b.params.sample_rate} Hz, sha256 {b.sha256[:12]}…) at {b.path}")
         print(f"  decisions: {d.window_seconds:g}-s mean every {d.step_seconds:g} s, threshold {threshold.value:.4f} "
               f"({threshold.origin}), {d.k_of_n[0]} of {d.k_of_n[1]} above to start, end below "
               f"{d.hysteresis:g}x, min {d.min_duration_seconds:g} s, cooldown {d.cooldown_seconds:g} s")
+        source = ("config" if m.threshold is not None else
+                  "node calibration" if calibration.threshold is not None else "bundle")
+        print(f"  threshold from: {source}" + (f" (a node calibration exists: {calibration.path})"
+                                               if source == "config" and calibration.threshold is not None else ""))
+        if calibration.refused:
+            print(f"  warning: {calibration.refused}")
     mq = settings.mqtt
     if mq.enabled:
         from edge_monitor.node.mqtt.connection import read_password, ssl_context

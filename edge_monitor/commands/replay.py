@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_monitor import DEMO_DIR
+from edge_monitor.core.detector import Threshold
 from edge_monitor.core.errors import UserError
 from edge_monitor.core.events import Event
 from edge_monitor.core.loop import Loop, WavSource
@@ -84,7 +85,8 @@ def _settings(args: argparse.Namespace) -> Settings:
                 names = ", ".join(m.name for m in settings.monitors)
                 raise UserError(f"replay: no monitor {args.monitor!r} in {args.config} (it has: {names})")
         node = args.node or settings.node
-        return Settings(node=node, monitors=monitors, audio=settings.audio, mqtt=settings.mqtt, source=settings.source)
+        return Settings(node=node, monitors=monitors, audio=settings.audio, mqtt=settings.mqtt,
+                        state_dir=settings.state_dir, source=settings.source)
     if args.monitor is not None:
         raise UserError("replay: --monitor goes with --config")
     model = args.model if args.model is not None else DEMO_BUNDLE
@@ -98,11 +100,13 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def replay_file(path: Path, settings: Settings, bundles: dict[str, Bundle], *, block_seconds: float,
                 realtime: bool, sinks: list, scorers: dict[str, WindowScorer] | None = None,
-                telemetry_seconds: float | None = None) -> list[FileResult]:
+                telemetry_seconds: float | None = None,
+                calibrations: dict[str, Threshold] | None = None) -> list[FileResult]:
     """Replay one file through every monitor with the one loop (``core.loop.Loop``) the daemon runs,
     the file read from disk block by block; returns one result per monitor."""
     results = []
     scorers = scorers if scorers is not None else {}
+    calibrations = calibrations if calibrations is not None else {}
     for m in settings.monitors:
         bundle = bundles[m.name]
         result = FileResult(path, m.name)
@@ -122,7 +126,7 @@ def replay_file(path: Path, settings: Settings, bundles: dict[str, Bundle], *, b
         if m.name not in scorers:
             scorers[m.name] = WindowScorer(bundle, batch_size=REPLAY_BATCH)
         monitor = Monitor(m, bundle, node=settings.node, source=source.label, live=False, keep_errors=True,
-                          scorer=scorers[m.name])
+                          scorer=scorers[m.name], calibration=calibrations.get(m.name))
         result.threshold = monitor.threshold.value
         loop = Loop(monitor, source, sinks, telemetry_seconds=telemetry_seconds)
         loop.keep_events = True
@@ -168,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
     if args.block_seconds is not None and not 0 < args.block_seconds <= 60:
         raise UserError(f"replay: --block-seconds must be in (0, 60], got {args.block_seconds}")
     block_seconds = args.block_seconds or (settings.audio.block_seconds if args.realtime else REPLAY_BLOCK_SECONDS)
+    calibrations = _calibrations(settings, bundles) if args.config is not None else {}
     for path in args.files:
         if not path.is_file():
             raise UserError(f"{path}: no such file; give WAV files to replay")
@@ -186,7 +191,8 @@ def run(args: argparse.Namespace) -> int:
         for path in args.files:
             file_results = replay_file(path, settings, bundles, block_seconds=block_seconds,
                                        realtime=args.realtime, sinks=sinks, scorers=scorers,
-                                       telemetry_seconds=settings.mqtt.telemetry_seconds if publisher else None)
+                                       telemetry_seconds=settings.mqtt.telemetry_seconds if publisher else None,
+                                       calibrations=calibrations)
             for r in file_results:
                 if r.error:
                     print(f"edge-monitor: error: {r.error}", file=sys.stderr)
@@ -207,6 +213,20 @@ def run(args: argparse.Namespace) -> int:
     if any(r.error for r in results) or undelivered:
         return 2
     return 1 if any(r.anomalies for r in results) else 0
+
+
+def _calibrations(settings: Settings, bundles: dict[str, Bundle]) -> dict[str, Threshold]:
+    """The node calibrations of the config's monitors (``edge-monitor calibrate``); a refused one: one line."""
+    from edge_monitor.node.calibration import node_calibration
+
+    found = {}
+    for m in settings.monitors:
+        calibration = node_calibration(settings.state_dir, m, bundles[m.name].sha256)
+        if calibration.refused:
+            print(f"edge-monitor: warning: {calibration.refused}", file=sys.stderr)
+        elif calibration.threshold is not None:
+            found[m.name] = calibration.threshold
+    return found
 
 
 MQTT_DRAIN_SECONDS = 10.0

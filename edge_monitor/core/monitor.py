@@ -34,15 +34,17 @@ REPLAY_BLOCK_SECONDS = 8.0  # replay pushes files in blocks this long: fewer cal
 
 class Monitor:
     def __init__(self, settings: MonitorSettings, bundle: Bundle, *, node: str, source: str, live: bool,
-                 keep_errors: bool = False, scorer: WindowScorer | None = None):
+                 keep_errors: bool = False, scorer: WindowScorer | None = None,
+                 calibration: Threshold | None = None):
         self.settings = settings
         self.name = settings.name
         self.bundle = bundle
         self.params = params = bundle.params
         # an interpreter per monitor; replay passes the same one for every file
         self.scorer = scorer or WindowScorer(bundle, batch_size=LIVE_BATCH if live else REPLAY_BATCH)
+        # calibration: the node's (edge-monitor calibrate), already checked against this bundle
         self.threshold: Threshold = decision_threshold(bundle.manifest, settings.decision.window_seconds,
-                                                       settings.threshold)
+                                                       settings.threshold, calibration)
         self.origin = Origin(node=node, monitor=settings.name, machine_type=bundle.machine_type,
                              machine_id=bundle.machine_id, model_name=bundle.name, model_sha256=bundle.sha256,
                              source=source)
@@ -103,6 +105,11 @@ class Monitor:
     def storage(self, ok: bool, message: str) -> list[Event]:
         """The node's storage (MQTT outbox) failed or is back: a ``storage`` health event; decisions go on."""
         return self.health.storage(not ok, self.position / self.params.sample_rate, message)
+
+    def set_threshold(self, threshold: Threshold) -> None:
+        """Apply a new decision threshold (a reload with a new node calibration) without a gap in the stream."""
+        self.threshold = threshold
+        self.detector.set_threshold(threshold.value)
 
     def _gap(self) -> None:
         self.features.reset()
@@ -192,12 +199,24 @@ class Monitor:
             return "anomaly"
         return "normal" if self.detector.decisions else "unknown"
 
+    def window_errors(self) -> np.ndarray:
+        """Every window error scored so far, in stream order (needs keep_errors; calibrate fits on them)."""
+        if self._errors is None:
+            raise RuntimeError("Monitor was created without keep_errors")
+        return np.concatenate(self._errors) if self._errors else np.empty(0, np.float32)
+
     def clip_score(self) -> float:
         """The DCASE clip score of everything scored so far (replay keeps the errors for it)."""
         if self._errors is None:
             raise RuntimeError("Monitor was created without keep_errors")
         errors = np.concatenate(self._errors) if self._errors else np.empty(0, np.float32)
         return float(errors.mean()) if errors.size else math.nan
+
+    def drift(self) -> float | None:
+        """Median decision score of the last 24 h over the node calibration's median (None without one)."""
+        reference = self.threshold.median_score
+        median = self.detector.history.median()
+        return median / reference if reference and median is not None else None
 
     def telemetry(self) -> dict:
         period = self.detector.take_period()
@@ -207,6 +226,7 @@ class Monitor:
             "score_max": period["score_max"],
             "decisions": period["decisions"],
             "threshold": self.threshold.value,
+            "drift": self.drift(),
             "level_dbfs": self.health.level_dbfs if math.isfinite(self.health.level_dbfs) else None,
             "clip_fraction": self.health.clip_fraction,
             "drops": self.health.drops_total,
