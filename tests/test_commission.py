@@ -114,7 +114,7 @@ def test_a_config_threshold_still_wins_over_the_calibration(calibrated, tmp_path
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "other_sha", "other_window", "negative"])
 def test_a_damaged_or_foreign_calibration_is_refused_with_one_line_and_the_bundle_applies(calibrated, tmp_path,
                                                                                          capsys, damage):
-    config, threshold = calibrated
+    config, _threshold = calibrated
     path = calibration_path(tmp_path / "state", "fan-1")
     text = path.read_text()
     data = json.loads(text)
@@ -193,9 +193,14 @@ def test_telemetry_drift_is_the_24h_median_over_the_calibration_median():
     assert plain.telemetry()["drift"] is None  # no calibration, no drift figure
     reference = Threshold(0.8, "node calibration test", median_score=0.5)
     monitor = Monitor(settings, bundle, node="t", source="f", live=False, keep_errors=True, calibration=reference)
-    scores = []
-    monitor.detector._decide = (lambda decide: lambda s, p: (scores.append(s), decide(s, p))[1])(
-        monitor.detector._decide)
+    scores: list[float] = []
+    decide = monitor.detector._decide
+
+    def spy(score: float, position: float) -> list:
+        scores.append(score)
+        return decide(score, position)
+
+    monitor.detector._decide = spy
     Loop(monitor, WavSource(DEMO_DIR / "clips" / "normal_id_00_demo.wav", 0, 8.0), []).run()
     assert monitor.threshold.value == 0.8
     assert scores and monitor.telemetry()["drift"] == pytest.approx(np.median(scores) / 0.5, rel=0.015)
@@ -224,7 +229,7 @@ def _record(config: Path, out: Path, seconds: float, env: dict, *extra: str, wai
             "--seconds", str(seconds), "--clip-seconds", "2", "--out", str(out), *extra]
     if not wait:
         return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
 
 
 @pytest.fixture()

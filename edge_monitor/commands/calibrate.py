@@ -30,7 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_monitor.core.detector import DECISION_QUANTILE, Detector, decision_length, sliding_means
+from edge_monitor.core.detector import (
+    DECISION_QUANTILE,
+    Detector,
+    decision_length,
+    sliding_means,
+)
 from edge_monitor.core.errors import UserError
 from edge_monitor.core.events import Event
 from edge_monitor.core.loop import Loop, WavSource
@@ -38,7 +43,12 @@ from edge_monitor.core.model import Bundle, WindowScorer
 from edge_monitor.core.monitor import REPLAY_BATCH, REPLAY_BLOCK_SECONDS, Monitor
 from edge_monitor.core.thresholds import gamma_fit
 from edge_monitor.node.bundles import open_bundles
-from edge_monitor.node.calibration import Calibration, Fit, Simulation, write_calibration
+from edge_monitor.node.calibration import (
+    Calibration,
+    Fit,
+    Simulation,
+    write_calibration,
+)
 from edge_monitor.node.config import load
 from edge_monitor.node.listen import MonitorMic, pick_monitor
 from edge_monitor.node.settings import MonitorSettings, Settings
@@ -149,7 +159,7 @@ def calibrate(segments: list[np.ndarray], audio_seconds: float, source: str, m: 
         monitor=m.name, model=bundle.name, model_sha256=bundle.sha256, window_seconds=d.window_seconds,
         threshold=threshold, median_score=float(np.median(scores)),
         fit=Fit(shape=fit.shape, scale=fit.scale, quantile=fit.quantile, gamma_value=fit.value,
-                max_score=float(scores.max()), margin=MARGIN, decision_scores=int(len(scores)),
+                max_score=float(scores.max()), margin=MARGIN, decision_scores=len(scores),
                 independent_windows=independent, audio_seconds=round(audio_seconds, 3), source=source),
         simulation=Simulation(k_of_n=tuple(d.k_of_n), min_duration_seconds=d.min_duration_seconds,
                               cooldown_seconds=d.cooldown_seconds, alarms=int(alarms),

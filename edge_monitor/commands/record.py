@@ -33,6 +33,7 @@ from edge_monitor.core.features import FeatureParams, log_mel
 from edge_monitor.core.health import flags, sample_counts
 from edge_monitor.core.model import Bundle
 from edge_monitor.core.resample import StreamResampler
+from edge_monitor.core.settings import HealthSettings
 from edge_monitor.core.wav import write_wav
 from edge_monitor.node.config import load
 from edge_monitor.node.listen import DeviceLost, MonitorMic, pick_monitor
@@ -91,7 +92,7 @@ def next_number(folder: Path, ident: str) -> int:
     return max(numbers, default=-1) + 1
 
 
-def judge(clip: np.ndarray, bundle: Bundle | None, params: FeatureParams, health) -> str | None:  # noqa: ANN001
+def judge(clip: np.ndarray, bundle: Bundle | None, params: FeatureParams, health: HealthSettings) -> str | None:
     """Why ``clip`` is refused (the daemon's health judgement), or None when it is fit to train on."""
     clipped, zeros, sumsq = sample_counts(clip)
     n = max(len(clip), 1)
@@ -138,8 +139,8 @@ def run(args: argparse.Namespace) -> int:
     mic = MonitorMic(settings, m, rate)
     source = mic.start()
     resampler = StreamResampler(source.rate, rate) if source.rate != rate else None
-    total = int(round(args.seconds * rate))
-    per_clip = int(round(args.clip_seconds * rate))
+    total = round(args.seconds * rate)
+    per_clip = round(args.clip_seconds * rate)
     clip = np.empty(per_clip, dtype=np.float32)
     filled, heard, kept, refused, lost = 0, 0, 0, 0, False
     started = time.monotonic()
