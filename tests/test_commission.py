@@ -300,6 +300,19 @@ def test_record_keeps_the_clips_so_far_when_the_device_vanishes(tmp_path, pulse4
         assert WavFile(path).info.frames == 32000
 
 
+@needs_pulse
+def test_live_calibration_on_a_dead_input_is_refused_at_once_with_one_line(tmp_path, pulse48):
+    """The live path (the daemon's microphone chain at 48 kHz): nothing plays, the null sink gives zeros."""
+    config = _config(tmp_path, audio="audio:\n  device: pulse\n  sample_rate: 48000\n")
+    result = subprocess.run([sys.executable, "-m", "edge_monitor", "calibrate", "--config", str(config), "--monitor",
+                             "fan-1", "--seconds", "600"], env={**os.environ, **pulse48.env}, capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("edge-monitor: error:")]
+    assert len(errors) == 1 and "dead_input" in errors[0] and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "state").exists()
+
+
 # --- SIGHUP: a new calibration applied to the running daemon, no audio gap -------------------------------------
 
 

@@ -127,6 +127,8 @@ def _live(seconds: float, settings: Settings, m: MonitorSettings, bundle: Bundle
             if heard >= next_line:
                 print(f"calibrate {m.name}: {heard:.0f} of {seconds:g} s", file=sys.stderr, flush=True)
                 next_line += 10.0
+            if sink.bad:
+                return "health"  # refused below, without waiting for the rest
             return "end_of_stream" if monitor.position >= need else None
 
         loop.run(stop)
