@@ -317,7 +317,7 @@ def test_live_calibration_on_a_dead_input_is_refused_at_once_with_one_line(tmp_p
 
 
 @needs_pulse
-def test_sighup_applies_a_new_calibration_without_restarting_the_stream(tmp_path, normal_dir):
+def test_record_beside_the_daemon_and_sighup_applies_a_new_calibration_without_a_gap(tmp_path, normal_dir):
     from mqtt_helpers import Broker
     from test_daemon import Node
 
@@ -330,6 +330,13 @@ def test_sighup_applies_a_new_calibration_without_restarting_the_stream(tmp_path
         assert node.sub.wait_for(lambda ms: any(m.topic.endswith("fan-1/telemetry")
                                                 and m.json()["threshold"] == bundle_value
                                                 and m.json()["drift"] is None for m in ms), 10), node.output()
+        # record shares the device with the running daemon (PulseAudio mixes both streams)
+        sound = tmp_path / "fan.wav"
+        write_wav(sound, synth_clip("fan", 0, 8.0, 16000, rng=np.random.default_rng(3)), 16000)
+        player = pulse.play(sound, wait=False)
+        recorded = _record(node.config, tmp_path / "data", 4, {**os.environ, **pulse.env})
+        player.wait(30)
+        assert recorded.returncode == 0 and "kept normal_id_00_00000000.wav" in recorded.stderr, recorded.stderr
         assert main(["calibrate", "--config", str(node.config), "--monitor", "fan-1", "--from", str(normal_dir)]) == 0
         calibrated = read_calibration(calibration_path(tmp_path / "state", "fan-1")).threshold
         seen = len(node.messages)
