@@ -350,6 +350,23 @@ def test_record_beside_the_daemon_and_sighup_applies_a_new_calibration_without_a
         assert "threshold applied" in output and "node calibration" in output, output
         assert output.count('"monitor started"') == 1, output  # the stream and the monitor went on
         assert output.count('"audio capture started"') == 1, output
+        # drift: the decisions heard while record ran, against the calibration's median
+        drifts = [m.json()["drift"] for m in node.sub.messages if m.topic.endswith("fan-1/telemetry") and m.at > sent]
+        assert drifts and all(d is not None and 0.5 < d < 2.0 for d in drifts), drifts
+
+        # a damaged calibration: one warning in the log, the bundle threshold again, still no restart
+        calibration_path(tmp_path / "state", "fan-1").write_text("{ damaged")
+        seen = len(node.messages)
+        node.proc.send_signal(signal.SIGHUP)
+        assert node.read_notify("READY=1", 10, after=seen), node.output()
+        sent = time.perf_counter()
+        assert node.sub.wait_for(lambda ms: any(m.topic.endswith("fan-1/telemetry") and m.at > sent
+                                                and m.json()["threshold"] == bundle_value
+                                                and m.json()["drift"] is None for m in ms), 10), node.output()
+        output = node.output()
+        refused = [line for line in output.splitlines() if "calibration refused" in line]
+        assert len(refused) == 1 and "damaged" in refused[0], output
+        assert output.count('"monitor started"') == 1, output
     finally:
         node.stop()
         broker.stop()
