@@ -3,7 +3,8 @@
 The deployed int8 bundle runs over live audio (``--seconds``: the daemon's microphone chain) or over the
 WAVs of a folder (``--from``) through the one loop (``core.loop.Loop``), keeping every window error. Every
 decision score the monitor's decision window gives (``core.detector.sliding_means``, never across a file
-boundary or a gap) is fitted with the gamma of training (``core.thresholds.gamma_fit``, quantile
+boundary; windows with a frame far below the training level, which the detector skips, are left out as it
+leaves them out) is fitted with the gamma of training (``core.thresholds.gamma_fit``, quantile
 ``DECISION_QUANTILE``).
 
 The tail, with only minutes of audio: decision scores overlap, so what the fit rests on is the number of
@@ -104,7 +105,7 @@ def _from_files(folder: Path, m: MonitorSettings, bundle: Bundle, node: str) -> 
         sink = _Collect()
         Loop(monitor, source, [sink]).run()
         _refuse_bad_health(sink, str(path))
-        segments.append(monitor.window_errors())
+        segments += monitor.judged_errors()
         seconds += monitor.position / bundle.params.sample_rate
     assert monitor is not None
     return segments, seconds, monitor
@@ -135,7 +136,7 @@ def _live(seconds: float, settings: Settings, m: MonitorSettings, bundle: Bundle
         _refuse_bad_health(sink, f"live audio of monitor {m.name}")
     finally:
         mic.stop()
-    return [monitor.window_errors()], monitor.position / bundle.params.sample_rate, monitor
+    return monitor.judged_errors(), monitor.position / bundle.params.sample_rate, monitor
 
 
 def calibrate(segments: list[np.ndarray], audio_seconds: float, source: str, m: MonitorSettings, bundle: Bundle,

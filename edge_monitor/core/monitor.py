@@ -61,6 +61,7 @@ class Monitor:
         self._segment_frames = 0    # frames emitted in it
         self.position = 0           # samples of the stream so far, dropped ones included
         self._errors: list[np.ndarray] | None = [] if keep_errors else None
+        self._judged: list[np.ndarray] = []  # with keep_errors: which of those windows reached the detector
 
     # --- the stream ---------------------------------------------------------------------------
     def process(self, block: np.ndarray, dropped: int = 0) -> list[Event]:
@@ -156,10 +157,14 @@ class Monitor:
         """
         quiet = frames.mean(axis=1) < self._quiet_db
         if not quiet.any():
+            if self._errors is not None:
+                self._judged.append(np.ones(len(errors), dtype=bool))
             return self.detector.push(errors, first_end)
         counts = np.concatenate(([0], np.cumsum(quiet)))
         f = self.params.frames
         bad = counts[f:] - counts[:-f] > 0  # window i holds frames i .. i+f-1
+        if self._errors is not None:
+            self._judged.append(~bad)
         events: list[Event] = []
         step = self.params.hop_length / self.params.sample_rate
         start = 0
@@ -204,6 +209,14 @@ class Monitor:
         if self._errors is None:
             raise RuntimeError("Monitor was created without keep_errors")
         return np.concatenate(self._errors) if self._errors else np.empty(0, np.float32)
+
+    def judged_errors(self) -> list[np.ndarray]:
+        """The kept window errors the detector judged, in runs without a quiet window between them (needs
+        keep_errors): what calibration fits, so that a short dropout's huge errors do not raise the threshold."""
+        errors = self.window_errors()
+        judged = np.concatenate(self._judged) if self._judged else np.zeros(0, dtype=bool)
+        edges = np.flatnonzero(np.diff(np.concatenate(([0], judged.astype(np.int8), [0]))))
+        return [errors[a:b] for a, b in zip(edges[::2], edges[1::2])]
 
     def clip_score(self) -> float:
         """The DCASE clip score of everything scored so far (replay keeps the errors for it)."""
