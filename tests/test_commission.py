@@ -332,6 +332,24 @@ def test_record_keeps_the_clips_so_far_when_the_device_vanishes(tmp_path, pulse4
 
 
 @needs_pulse
+@pytest.mark.slow  # 62 s of live audio: the minimum calibrate accepts
+def test_live_calibration_through_a_48khz_null_sink_writes_a_live_calibration(tmp_path, pulse48):
+    sound = tmp_path / "fan.wav"
+    write_wav(sound, synth_clip("fan", 0, 75.0, 16000, rng=np.random.default_rng(5)), 16000)
+    config = _config(tmp_path, audio="audio:\n  device: pulse\n  sample_rate: 48000\n")
+    player = pulse48.play(sound, wait=False)
+    result = subprocess.run([sys.executable, "-m", "edge_monitor", "calibrate", "--config", str(config), "--monitor",
+                             "fan-1", "--seconds", "62"], env={**os.environ, **pulse48.env}, capture_output=True,
+                            text=True, timeout=180, check=False)
+    player.kill()
+    assert result.returncode == 0, result.stderr
+    assert "of live audio" in result.stdout and "0 alarm(s)" in result.stdout, result.stdout
+    calibration = read_calibration(calibration_path(tmp_path / "state", "fan-1"))
+    assert calibration.fit.source == "live" and calibration.fit.audio_seconds == pytest.approx(62, abs=0.5)
+    assert calibration.fit.independent_windows == 62 and calibration.simulation.alarms == 0
+
+
+@needs_pulse
 def test_live_calibration_on_a_dead_input_is_refused_at_once_with_one_line(tmp_path, pulse48):
     """The live path (the daemon's microphone chain at 48 kHz): nothing plays, the null sink gives zeros."""
     config = _config(tmp_path, audio="audio:\n  device: pulse\n  sample_rate: 48000\n")
