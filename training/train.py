@@ -55,6 +55,7 @@ from edge_monitor.core.manifest import (
     standardize,
 )
 from edge_monitor.core.model import Bundle, WindowScorer, sha256_file
+from edge_monitor.core.thresholds import gamma_fit
 from edge_monitor.core.wav import parse_channel
 
 from . import report
@@ -207,14 +208,12 @@ def _stack(frame_list: list[np.ndarray], params: FeatureParams, stride: int) -> 
 
 
 def _gamma_threshold(scores: np.ndarray, quantile: float) -> Threshold:
-    import scipy.stats  # not at module level: it would slow every edge-monitor start by 0.5 s
-
-    shape, loc, scale = scipy.stats.gamma.fit(scores, floc=0.0)
-    value = float(scipy.stats.gamma.ppf(quantile, shape, loc=loc, scale=scale))
+    fit = gamma_fit(scores, quantile)
+    value = fit.value
     return Threshold(value, {
         "method": "gamma_quantile",
         "quantile": quantile,
-        "gamma": {"shape": float(shape), "loc": float(loc), "scale": float(scale), "fit": "scipy.stats.gamma.fit, loc fixed at 0"},
+        "gamma": {"shape": fit.shape, "loc": 0.0, "scale": fit.scale, "fit": "scipy.stats.gamma.fit, loc fixed at 0"},
         "scores": "int8 clip scores of the held-out normal clips (not trained on; they also decided early stopping)",
         "held_out_clips": len(scores),
         "expected_false_alarm_rate": round(1.0 - quantile, 6),
@@ -229,16 +228,13 @@ def _decision_thresholds(clip_errors: list[np.ndarray], params: FeatureParams) -
     int8 window errors), a gamma fit (loc 0), and its ``DECISION_QUANTILE``. Decision scores of
     neighbouring positions overlap, so the fit describes the marginal distribution a detector sees.
     """
-    import scipy.stats
-
     thresholds = []
     for seconds in DECISION_SECONDS:
         length = decision_length(seconds, params)
         means = np.concatenate([sliding_means(e, length) for e in clip_errors])
         if len(means) < 10:
             continue
-        shape, loc, scale = scipy.stats.gamma.fit(means, floc=0.0)
-        value = float(scipy.stats.gamma.ppf(DECISION_QUANTILE, shape, loc=loc, scale=scale))
+        value = gamma_fit(means, DECISION_QUANTILE).value
         thresholds.append(DecisionThreshold(seconds, value, {
             "windows": length, "held_out_max": float(means.max()),
             "held_out_exceed_fraction": float(np.mean(means > value)), "decision_scores": len(means)}))

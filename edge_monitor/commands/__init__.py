@@ -32,10 +32,16 @@ class Command:
 # In the order of the work: commission a machine, run it, look after the node; then the tools.
 # Training modules import TensorFlow only inside the training step, so the sensor node never needs it.
 COMMANDS: dict[str, Command] = {
+    "record": Command("edge_monitor.commands.record",
+                      "record normal sound of a monitor's machine through the daemon's chain, as training clips",
+                      "edge-monitor record --config /etc/edge-monitor/config.yaml --monitor fan-1 --seconds 600 --out data"),
     "train": Command("training.train", "train one int8 bundle per machine id from normal WAVs (needs the train extra)",
                      "edge-monitor train data/dcase/fan --machine fan --id 00 --out models"),
     "evaluate": Command("training.evaluate", "AUC/pAUC (int8 and float), precision/recall/F1 and the detector's verdicts on labelled test clips",
                         "edge-monitor evaluate models/fan-id_00 data/dcase/fan"),
+    "calibrate": Command("edge_monitor.commands.calibrate",
+                         "fit a monitor's decision threshold on the node's own normal sound (live or WAVs)",
+                         "edge-monitor calibrate --config /etc/edge-monitor/config.yaml --monitor fan-1 --seconds 300"),
     "replay": Command("edge_monitor.commands.replay",
                       "push WAV files through the monitoring pipeline; exit 1 when an anomaly is found",
                       "edge-monitor replay recording.wav --model models/fan-id_00 --jsonl events.jsonl"),

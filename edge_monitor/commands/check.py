@@ -15,6 +15,7 @@ from edge_monitor.core.detector import decision_threshold
 from edge_monitor.core.errors import UserError
 from edge_monitor.core.machine import limits
 from edge_monitor.node.bundles import open_bundles
+from edge_monitor.node.calibration import node_calibration
 from edge_monitor.node.config import load
 from edge_monitor.node.sinks import NodeSink
 
@@ -46,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     for m in settings.monitors:
         b = bundles[m.name]
         d = m.decision
-        threshold = decision_threshold(b.manifest, d.window_seconds, m.threshold)
+        calibration = node_calibration(settings.state_dir, m, b.sha256)
+        threshold = decision_threshold(b.manifest, d.window_seconds, m.threshold, calibration.threshold)
         device = m.device if m.device is not None else (audio.device if audio.device is not None else "default")
         print(f"monitor {m.name}: device {device} channel {m.channel} → {b.name} "
               f"({b.machine_type} {b.machine_id}, {b.params.sample_rate} Hz, sha256 {b.sha256[:12]}…) at {b.path}")
@@ -63,6 +65,12 @@ def run(args: argparse.Namespace) -> int:
             stop, resume = limits(level, m.machine, float(np.mean(b.mean)), m.health.low_db)
             print(f"  machine state: stopped below {stop:.1f} dB for {m.machine.hold_seconds:g} s, running above "
                   f"{resume:.1f} dB (training level p1 {level.p1:.1f}, p50 {level.p50:.1f} dB)")
+        source = ("config" if m.threshold is not None else
+                  "node calibration" if calibration.threshold is not None else "bundle")
+        print(f"  threshold from: {source}" + (f" (a node calibration exists: {calibration.path})"
+                                               if source == "config" and calibration.threshold is not None else ""))
+        if calibration.refused:
+            print(f"  warning: {calibration.refused}")
     mq = settings.mqtt
     if mq.enabled:
         from edge_monitor.node.mqtt.connection import read_password, ssl_context

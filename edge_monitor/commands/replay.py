@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_monitor import DEMO_DIR
+from edge_monitor.core.detector import Threshold
 from edge_monitor.core.errors import UserError
 from edge_monitor.core.events import Event
 from edge_monitor.core.loop import Loop, WavSource
@@ -88,7 +89,7 @@ def _settings(args: argparse.Namespace) -> Settings:
                 raise UserError(f"replay: no monitor {args.monitor!r} in {args.config} (it has: {names})")
         node = args.node or settings.node
         return Settings(node=node, monitors=monitors, audio=settings.audio, mqtt=settings.mqtt, source=settings.source,
-                        evidence=settings.evidence)
+                        evidence=settings.evidence, state_dir=settings.state_dir)
     if args.monitor is not None:
         raise UserError("replay: --monitor goes with --config")
     model = args.model if args.model is not None else DEMO_BUNDLE
@@ -102,12 +103,14 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def replay_file(path: Path, settings: Settings, bundles: dict[str, Bundle], *, block_seconds: float,
                 realtime: bool, sinks: list, scorers: dict[str, WindowScorer] | None = None,
-                telemetry_seconds: float | None = None, evidence=None) -> list[FileResult]:  # noqa: ANN001
+                telemetry_seconds: float | None = None, evidence=None,  # noqa: ANN001
+                calibrations: dict[str, Threshold] | None = None) -> list[FileResult]:
     """Replay one file through every monitor with the one loop (``core.loop.Loop``) the daemon runs,
     the file read from disk block by block; returns one result per monitor. ``evidence``: an
     ``node.evidence.EvidenceWriter`` (``--evidence``) that records each anomaly's audio in front of ``sinks``."""
     results = []
     scorers = scorers if scorers is not None else {}
+    calibrations = calibrations if calibrations is not None else {}
     for m in settings.monitors:
         bundle = bundles[m.name]
         result = FileResult(path, m.name)
@@ -127,7 +130,7 @@ def replay_file(path: Path, settings: Settings, bundles: dict[str, Bundle], *, b
         if m.name not in scorers:
             scorers[m.name] = WindowScorer(bundle, batch_size=REPLAY_BATCH)
         monitor = Monitor(m, bundle, node=settings.node, source=source.label, live=False, keep_errors=True,
-                          scorer=scorers[m.name])
+                          scorer=scorers[m.name], calibration=calibrations.get(m.name))
         result.threshold = monitor.threshold.value
         stage = evidence.stage(monitor, sinks) if evidence is not None else None
         loop = Loop(monitor, source, [stage] if stage else sinks, telemetry_seconds=telemetry_seconds,
@@ -183,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
     if args.block_seconds is not None and not 0 < args.block_seconds <= 60:
         raise UserError(f"replay: --block-seconds must be in (0, 60], got {args.block_seconds}")
     block_seconds = args.block_seconds or (settings.audio.block_seconds if args.realtime else REPLAY_BLOCK_SECONDS)
+    calibrations = _calibrations(settings, bundles) if args.config is not None else {}
     for path in args.files:
         if not path.is_file():
             raise UserError(f"{path}: no such file; give WAV files to replay")
@@ -203,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
             file_results = replay_file(path, settings, bundles, block_seconds=block_seconds,
                                        realtime=args.realtime, sinks=sinks, scorers=scorers,
                                        telemetry_seconds=settings.mqtt.telemetry_seconds if publisher else None,
-                                       evidence=evidence)
+                                       evidence=evidence, calibrations=calibrations)
             for r in file_results:
                 if r.error:
                     print(f"edge-monitor: error: {r.error}", file=sys.stderr)
@@ -242,6 +246,20 @@ def _evidence(folder: Path, settings: Settings):
     writer = EvidenceWriter(folder, settings.evidence, blocking=True)
     writer.start()
     return writer
+
+
+def _calibrations(settings: Settings, bundles: dict[str, Bundle]) -> dict[str, Threshold]:
+    """The node calibrations of the config's monitors (``edge-monitor calibrate``); a refused one: one line."""
+    from edge_monitor.node.calibration import node_calibration
+
+    found = {}
+    for m in settings.monitors:
+        calibration = node_calibration(settings.state_dir, m, bundles[m.name].sha256)
+        if calibration.refused:
+            print(f"edge-monitor: warning: {calibration.refused}", file=sys.stderr)
+        elif calibration.threshold is not None:
+            found[m.name] = calibration.threshold
+    return found
 
 
 MQTT_DRAIN_SECONDS = 10.0

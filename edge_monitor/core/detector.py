@@ -51,16 +51,21 @@ def sliding_means(errors: np.ndarray, length: int) -> np.ndarray:
 class Threshold:
     value: float
     origin: str  # where the value came from, for `check` and logs
+    median_score: float | None = None  # a node calibration's median decision score (the drift reference)
 
 
-def decision_threshold(manifest: Manifest, window_seconds: float, override: float | None = None) -> Threshold:
-    """The threshold for decision scores over ``window_seconds``: the config's override, else the
+def decision_threshold(manifest: Manifest, window_seconds: float, override: float | None = None,
+                       calibration: Threshold | None = None) -> Threshold:
+    """The threshold for decision scores over ``window_seconds``: the config's override, else the node's
+    calibration (``edge-monitor calibrate``, checked by the node against this bundle and window), else the
     bundle's calibrated one for that length (log-interpolated between calibrated lengths, the nearest
     outside them), else — for bundles trained before decision calibration — the clip threshold.
 
     The manifest type guarantees positive, finite values at strictly ascending lengths."""
     if override is not None:
         return Threshold(float(override), "config override")
+    if calibration is not None:
+        return calibration
     table = [(t.window_seconds, t.value) for t in (manifest.decision.thresholds if manifest.decision else ())]
     if not table:
         return Threshold(manifest.threshold.value,
@@ -76,6 +81,44 @@ def decision_threshold(manifest: Manifest, window_seconds: float, override: floa
             t = (math.log(window_seconds) - math.log(s0)) / (math.log(s1) - math.log(s0))
             return Threshold(v0 + t * (v1 - v0), f"bundle, interpolated between {s0:g} s and {s1:g} s")
     raise AssertionError("unreachable")
+
+
+class ScoreHistory:
+    """Decision scores of the last ``hours`` hours of audio in bounded memory, for their median (drift).
+
+    One histogram per hour of stream position (``BINS`` log-spaced bins from 1e-3 to 1e3, 1.4 % wide):
+    24 × 1000 int32 counts per monitor, whatever the rate of decisions. The median is the centre of the
+    bin holding it (exact to the bin width)."""
+
+    BINS = 1000
+    LO, HI = -3.0, 3.0  # log10 of the score range
+
+    def __init__(self, hours: int = 24):
+        self.hours = hours
+        self._counts = np.zeros((hours, self.BINS), dtype=np.int32)
+        self._hour = np.full(hours, -1, dtype=np.int64)  # which hour each row holds
+        self._newest = -1
+
+    def add(self, score: float, position_s: float) -> None:
+        if not score > 0 or not math.isfinite(score):
+            return
+        hour = int(position_s // 3600)
+        row = hour % self.hours
+        if self._hour[row] != hour:
+            self._counts[row] = 0
+            self._hour[row] = hour
+        self._newest = max(self._newest, hour)
+        b = int((math.log10(score) - self.LO) / (self.HI - self.LO) * self.BINS)
+        self._counts[row, min(max(b, 0), self.BINS - 1)] += 1
+
+    def median(self) -> float | None:
+        live = self._hour > self._newest - self.hours
+        total = self._counts[live].sum(axis=0)
+        n = int(total.sum())
+        if n == 0:
+            return None
+        b = int(np.searchsorted(np.cumsum(total), (n + 1) / 2))
+        return float(10 ** (self.LO + (b + 0.5) * (self.HI - self.LO) / self.BINS))
 
 
 class Detector:
@@ -104,6 +147,12 @@ class Detector:
         self._cooldown_until = -math.inf
         self._windows_after = 0
         self._period_sum, self._period_n, self._period_max = 0.0, 0, -math.inf
+        self.history = ScoreHistory()  # the last 24 h of decision scores (telemetry's drift)
+
+    def set_threshold(self, threshold: float) -> None:
+        """A new threshold from the next decision on (a new node calibration): the stream goes on."""
+        self.threshold = float(threshold)
+        self.low = self.settings.hysteresis * self.threshold
 
     def take_period(self) -> dict:
         """Decision scores since the last call (for telemetry): count, mean, max."""
@@ -172,6 +221,7 @@ class Detector:
         self._period_sum += score
         self._period_n += 1
         self._period_max = max(self._period_max, score)
+        self.history.add(score, position)
         self._above.append(score > self.threshold)
         self._below.append(score < self.low)
         s = self.settings

@@ -41,6 +41,21 @@ class _Condition:
     message: str = ""
 
 
+def flags(settings: HealthSettings, clip_fraction: float, zero_fraction: float, below_db: float) -> dict[str, bool]:
+    """The input conditions a stretch of audio raises: the one judgement of ``Health`` and ``edge-monitor record``.
+
+    ``below_db``: how far the log-mel level is below the model's training level (NaN: no model yet)."""
+    dead = zero_fraction >= settings.dead_fraction
+    return {"clipping": clip_fraction > settings.clip_fraction, "dead_input": dead,
+            "silence": not dead and below_db > settings.low_db, "level_high": -below_db > settings.high_db}
+
+
+def sample_counts(block: np.ndarray) -> tuple[int, int, float]:
+    """(full-scale samples, digital zeros, sum of squares) of ``block``."""
+    return (int(np.count_nonzero(np.abs(block) >= FULL_SCALE)), len(block) - int(np.count_nonzero(block)),
+            float(np.dot(block, block)))
+
+
 class Health:
     def __init__(self, settings: HealthSettings, params: FeatureParams, training_level_db: float, origin: Origin,
                  *, silence: bool = True):
@@ -119,10 +134,10 @@ class Health:
         while offset < len(block):
             take = min(len(block) - offset, self._window - self._n)
             part = block[offset : offset + take]
-            magnitude = np.abs(part)
-            self._clipped += int(np.count_nonzero(magnitude >= FULL_SCALE))
-            self._zeros += take - int(np.count_nonzero(part))
-            self._sumsq += float(np.dot(part, part))
+            clipped, zeros, sumsq = sample_counts(part)
+            self._clipped += clipped
+            self._zeros += zeros
+            self._sumsq += sumsq
             self._n += take
             offset += take
             if self._n == self._window:
@@ -137,18 +152,18 @@ class Health:
         self.level_dbfs = 10 * math.log10(self._sumsq / n) if self._sumsq > 0 else -math.inf
         self.mel_level_db = self._mel_sum / self._mel_frames if self._mel_frames else math.nan
         below = self.training_level_db - self.mel_level_db if self._mel_frames else 0.0
-        dead = zero_fraction >= s.dead_fraction
+        flagged = flags(s, self.clip_fraction, zero_fraction, below)
         events = []
-        events += self._update("clipping", self.clip_fraction > s.clip_fraction, position, self.clip_fraction,
+        events += self._update("clipping", flagged["clipping"], position, self.clip_fraction,
                                s.clip_fraction, f"{100 * self.clip_fraction:.2f} % of samples at full scale: "
                                "lower the input gain")
-        events += self._update("dead_input", dead, position, zero_fraction, s.dead_fraction,
+        events += self._update("dead_input", flagged["dead_input"], position, zero_fraction, s.dead_fraction,
                                f"{100 * zero_fraction:.1f} % digital zeros: the input is dead or muted, "
                                "check the microphone and its cable")
-        events += self._update("silence", self.silence and not dead and below > s.low_db, position, -below, -s.low_db,
+        events += self._update("silence", self.silence and flagged["silence"], position, -below, -s.low_db,
                                f"level {below:.0f} dB below the model's training level: machine off or "
                                "microphone disconnected")
-        events += self._update("level_high", -below > s.high_db, position, -below, s.high_db,
+        events += self._update("level_high", flagged["level_high"], position, -below, s.high_db,
                                f"level {-below:.0f} dB above the model's training level: check gain and placement")
         if self._drops == 0:
             events += self._update("drops", False, position, 0, 0, "no samples lost")

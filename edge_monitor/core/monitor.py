@@ -36,15 +36,17 @@ REPLAY_BLOCK_SECONDS = 8.0  # replay pushes files in blocks this long: fewer cal
 
 class Monitor:
     def __init__(self, settings: MonitorSettings, bundle: Bundle, *, node: str, source: str, live: bool,
-                 keep_errors: bool = False, scorer: WindowScorer | None = None):
+                 keep_errors: bool = False, scorer: WindowScorer | None = None,
+                 calibration: Threshold | None = None):
         self.settings = settings
         self.name = settings.name
         self.bundle = bundle
         self.params = params = bundle.params
         # an interpreter per monitor; replay passes the same one for every file
         self.scorer = scorer or WindowScorer(bundle, batch_size=LIVE_BATCH if live else REPLAY_BATCH)
+        # calibration: the node's (edge-monitor calibrate), already checked against this bundle
         self.threshold: Threshold = decision_threshold(bundle.manifest, settings.decision.window_seconds,
-                                                       settings.threshold)
+                                                       settings.threshold, calibration)
         self.origin = Origin(node=node, monitor=settings.name, machine_type=bundle.machine_type,
                              machine_id=bundle.machine_id, model_name=bundle.name, model_sha256=bundle.sha256,
                              source=source)
@@ -67,6 +69,7 @@ class Monitor:
         self._segment_frames = 0    # frames emitted in it
         self.position = 0           # samples of the stream so far, dropped ones included
         self._errors: list[np.ndarray] | None = [] if keep_errors else None
+        self._judged: list[np.ndarray] = []  # with keep_errors: which of those windows reached the detector
 
     # --- the stream ---------------------------------------------------------------------------
     def process(self, block: np.ndarray, dropped: int = 0) -> list[Event]:
@@ -134,6 +137,11 @@ class Monitor:
         event; decisions go on."""
         return self.health.storage(not ok, self.position / self.params.sample_rate, message, part)
 
+    def set_threshold(self, threshold: Threshold) -> None:
+        """Apply a new decision threshold (a reload with a new node calibration) without a gap in the stream."""
+        self.threshold = threshold
+        self.detector.set_threshold(threshold.value)
+
     def _gap(self) -> None:
         self.features.reset()
         self.detector.reset_windows()
@@ -184,10 +192,14 @@ class Monitor:
         """
         quiet = frames.mean(axis=1) < self._quiet_db
         if not quiet.any():
+            if self._errors is not None:
+                self._judged.append(np.ones(len(errors), dtype=bool))
             return self.detector.push(errors, first_end)
         counts = np.concatenate(([0], np.cumsum(quiet)))
         f = self.params.frames
         bad = counts[f:] - counts[:-f] > 0  # window i holds frames i .. i+f-1
+        if self._errors is not None:
+            self._judged.append(~bad)
         events: list[Event] = []
         step = self.params.hop_length / self.params.sample_rate
         start = 0
@@ -230,12 +242,32 @@ class Monitor:
             return "anomaly"
         return "normal" if self.detector.decisions else "unknown"
 
+    def window_errors(self) -> np.ndarray:
+        """Every window error scored so far, in stream order (needs keep_errors; calibrate fits on them)."""
+        if self._errors is None:
+            raise RuntimeError("Monitor was created without keep_errors")
+        return np.concatenate(self._errors) if self._errors else np.empty(0, np.float32)
+
+    def judged_errors(self) -> list[np.ndarray]:
+        """The kept window errors the detector judged, in runs without a quiet window between them (needs
+        keep_errors): what calibration fits, so that a short dropout's huge errors do not raise the threshold."""
+        errors = self.window_errors()
+        judged = np.concatenate(self._judged) if self._judged else np.zeros(0, dtype=bool)
+        edges = np.flatnonzero(np.diff(np.concatenate(([0], judged.astype(np.int8), [0]))))
+        return [errors[a:b] for a, b in zip(edges[::2], edges[1::2])]
+
     def clip_score(self) -> float:
         """The DCASE clip score of everything scored so far (replay keeps the errors for it)."""
         if self._errors is None:
             raise RuntimeError("Monitor was created without keep_errors")
         errors = np.concatenate(self._errors) if self._errors else np.empty(0, np.float32)
         return float(errors.mean()) if errors.size else math.nan
+
+    def drift(self) -> float | None:
+        """Median decision score of the last 24 h over the node calibration's median (None without one)."""
+        reference = self.threshold.median_score
+        median = self.detector.history.median()
+        return median / reference if reference and median is not None else None
 
     def telemetry(self) -> dict:
         period = self.detector.take_period()
@@ -245,6 +277,7 @@ class Monitor:
             "score_max": period["score_max"],
             "decisions": period["decisions"],
             "threshold": self.threshold.value,
+            "drift": self.drift(),
             "level_dbfs": self.health.level_dbfs if math.isfinite(self.health.level_dbfs) else None,
             "clip_fraction": self.health.clip_fraction,
             "drops": self.health.drops_total,

@@ -34,11 +34,13 @@ from pathlib import Path
 import structlog
 
 from edge_monitor import __version__
+from edge_monitor.core.detector import Threshold, decision_threshold
 from edge_monitor.core.errors import UserError
 from edge_monitor.core.loop import Loop
 from edge_monitor.core.model import Bundle
 from edge_monitor.core.monitor import Monitor
 from edge_monitor.node.bundles import open_bundles
+from edge_monitor.node.calibration import node_calibration
 from edge_monitor.node.config import load
 from edge_monitor.node.evidence import EvidenceWriter
 from edge_monitor.node.log import configure
@@ -136,6 +138,7 @@ class _Reload:
     bundles: dict[str, Bundle]
     groups: dict[str, DeviceGroup]
     kept: list[str]                  # monitors that keep running untouched
+    retuned: dict[str, Threshold]    # kept monitors whose threshold changed (a new node calibration)
     monitors: dict[str, Monitor]     # the new monitors, built
     old_settings: Settings
     old_bundles: dict[str, Bundle]
@@ -284,6 +287,14 @@ class Daemon:
             raise
         return publisher, scada
 
+    @staticmethod
+    def _calibration(settings: Settings, name: str, bundle: Bundle) -> Threshold | None:
+        """The node calibration of monitor ``name`` (a refused file: one warning, the bundle threshold)."""
+        found = node_calibration(settings.state_dir, settings.monitor(name), bundle.sha256)
+        if found.refused:
+            log.warning("calibration refused", monitor=name, reason=found.refused)
+        return found.threshold
+
     def _on_storage(self, state) -> None:  # noqa: ANN001 - node.mqtt.outbox.StorageState
         """The outbox cannot store (or can again): every monitor says so with a ``storage`` health event."""
         for runner in list(self.runners.values()):
@@ -309,7 +320,8 @@ class Daemon:
             for name, channel in group.channels:
                 if name in names:
                     built[name] = Monitor(settings.monitor(name), bundles[name], node=settings.node,
-                                          source=f"mic:{device}:{channel}", live=True)
+                                          source=f"mic:{device}:{channel}", live=True,
+                                          calibration=self._calibration(settings, name, bundles[name]))
         return built
 
     def _start_group(self, key: str, group: DeviceGroup, monitors: dict[str, Monitor]) -> None:
@@ -438,8 +450,15 @@ class Daemon:
                         and runner.settings == settings.monitor(name) and runner.bundle.sha256 == bundles[name].sha256
                         and settings.node == self.settings.node)
                 (kept.append if same else fresh.add)(name)
+        retuned = {}
+        for name in kept:  # a new calibration alone: applied to the running monitor, no restart, no gap
+            m = settings.monitor(name)
+            threshold = decision_threshold(bundles[name].manifest, m.decision.window_seconds, m.threshold,
+                                           self._calibration(settings, name, bundles[name]))
+            if threshold != self.runners[name].monitor.threshold:
+                retuned[name] = threshold
         monitors = self._build_monitors(settings, bundles, groups, fresh)
-        return _Reload(settings, bundles, groups, kept, monitors, self.settings, self.bundles, self.groups)
+        return _Reload(settings, bundles, groups, kept, retuned, monitors, self.settings, self.bundles, self.groups)
 
     def _apply_reload(self, change: _Reload) -> None:
         old, settings = self.settings, change.settings
@@ -455,6 +474,10 @@ class Daemon:
             self.publisher = self.sink.rewire(jsonl=settings.events_jsonl, make_outputs=self._new_outputs)
         elif self.publisher is not None and names_changed:
             self.publisher.announce(self._monitor_list())
+        for name, threshold in change.retuned.items():
+            self.runners[name].monitor.set_threshold(threshold)
+            log.info("threshold applied", monitor=name, threshold=round(threshold.value, 4),
+                     threshold_from=threshold.origin)
         for key in list(self.groups):
             if key not in change.groups or change.groups[key] != self.groups[key]:
                 self._stop_group(key, "reload")
