@@ -169,8 +169,12 @@ def test_label_normal_and_anomaly_put_the_clip_where_train_and_evaluate_find_it(
     wav = Path(end["evidence"]["file"])
     proc = cli("label", end["event_id"], "normal", "--note", "belt replaced", "--config", config)
     assert proc.returncode == 0, proc.stderr
-    kept = state / "normal" / "fan-1" / f"label_{end['id']}.wav"
+    kept = state / "normal" / "fan-1" / "fan" / "train" / f"normal_id_00_label_{end['id']}.wav"
     assert kept.read_bytes() == wav.read_bytes()
+    # the normal set is what `train <state>/normal/<monitor>` reads with no flags (and names fan-id_00)
+    from training.data import find_training_clips
+
+    assert [c.path for c in find_training_clips(state / "normal" / "fan-1")["fan-id_00"]] == [kept]
     side = json.loads(wav.with_suffix(".json").read_text())
     assert side["label"] == "normal" and side["note"] == "belt replaced" and side["labelled_by"]
     assert validate(side["event"]) == []
@@ -203,8 +207,11 @@ def test_rolling_normal_sample_keeps_a_bounded_set(tmp_path):
     config = _config(tmp_path, state, "  normal_sample_seconds: 12\n  normal_sample_max: 2\n")
     proc = cli("replay", source, "--config", config, "--evidence", state)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    kept = sorted((state / "normal" / "fan-1").glob("sample_*.wav"))
+    kept = sorted((state / "normal" / "fan-1" / "fan" / "train").glob("normal_id_00_sample_*.wav"))
     assert len(kept) == 2  # 60 s hold four or five; the oldest went
+    from training.data import find_training_clips
+
+    assert sorted(c.path for c in find_training_clips(state / "normal" / "fan-1")["fan-id_00"]) == kept
     for path in kept:
         _, info = read_wav(path)
         assert info.sample_rate == RATE and info.encoding == "pcm16" and info.frames == 10 * RATE

@@ -3,9 +3,9 @@
 The verdict goes into the evidence's sidecar (``<state_dir>/evidence/<monitor>/<id>.json``: label, note,
 time, user), and the clip joins a set the next training or evaluation uses:
 
-- ``normal``: ``<state_dir>/normal/<monitor>/label_<id>.wav`` — the monitor's normal set (16-bit mono WAVs
-  at the model rate, the folder ``record`` fills), read by ``train <state_dir>/normal/<monitor>`` and
-  ``calibrate --from``;
+- ``normal``: ``<state_dir>/normal/<monitor>/<type>/train/normal_id_<NN>_label_<id>.wav`` — the monitor's
+  normal set (16-bit mono WAVs at the model rate in the DCASE layout ``record --out`` writes), read by
+  ``train <state_dir>/normal/<monitor>`` and ``calibrate --from``;
 - ``anomaly``: ``<state_dir>/faults/<monitor>/<id>.wav`` — labelled fault clips, which ``evaluate
   --labels <state_dir>`` scores as anomalous test clips (``training/plant.py``).
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from edge_monitor.core.errors import UserError
 from edge_monitor.core.events import iso_ms, now_ms
-from edge_monitor.node.evidence import faults_dir, normal_dir
+from edge_monitor.node.evidence import faults_dir, normal_clip
 from edge_monitor.node.statedir import ensure_dir, write_atomic
 
 _EVENT_ID = re.compile(r"^(?P<id>[0-9a-f]{16})(?:/\d+)?$")
@@ -79,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
     wav = side.with_suffix(".wav")
     if not wav.is_file():
         raise UserError(f"label: {wav}: the evidence WAV is missing; nothing to label")
-    targets = {"normal": normal_dir(state_dir, monitor) / f"label_{anomaly_id}.wav",
+    machine = data.get("machine") if isinstance(data.get("machine"), dict) else {}
+    targets = {"normal": normal_clip(state_dir, monitor, str(machine.get("type") or monitor),
+                                     str(machine.get("id") or "id_00"), "label", anomaly_id),
                "anomaly": faults_dir(state_dir, monitor) / f"{anomaly_id}.wav"}
     target = targets[args.label]
     try:

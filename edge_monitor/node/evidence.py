@@ -24,9 +24,10 @@ Retention, after each write and at start: clips older than ``max_age_days`` go, 
 ``evidence/`` fits ``quota_mb``; the newest clip of each monitor always stays.
 
 Rolling normal sample: every ``normal_sample_seconds`` a stage keeps the last ``NORMAL_CLIP_SECONDS`` of
-audio its detector judged normal throughout (health ok) as ``<root>/normal/<monitor>/sample_<id>.wav``,
-at most ``normal_sample_max`` of them (oldest dropped). ``normal/<monitor>/`` holds 16-bit mono WAVs at the
-model rate — the layout ``record`` writes and ``train`` reads; ``edge-monitor label`` adds clips to it.
+audio its detector judged normal throughout (health ok) as
+``<root>/normal/<monitor>/<type>/train/normal_id_<NN>_sample_<id>.wav``, at most ``normal_sample_max`` of them
+(oldest dropped). ``normal/<monitor>/`` is the monitor's normal set: 16-bit mono WAVs at the model rate in the
+DCASE layout ``record --out`` writes and ``train`` and ``calibrate --from`` read; ``label`` adds clips to it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import hashlib
 import json
 import os
 import queue
+import re
 import struct
 import threading
 import time
@@ -70,7 +72,17 @@ def evidence_dir(root: str | Path, monitor: str) -> Path:
 
 
 def normal_dir(root: str | Path, monitor: str) -> Path:
+    """A monitor's normal set: a DCASE root, ``<type>/train/normal_id_<NN>_*.wav`` below it, as ``record --out``
+    writes it, so ``train`` (no flags) and ``calibrate --from`` read it as it is."""
     return Path(root) / "normal" / monitor
+
+
+def normal_clip(root: str | Path, monitor: str, machine_type: str, machine_id: str, kind: str, clip_id: str) -> Path:
+    """Where a normal clip of ``kind`` (``label``, ``sample``) goes in the monitor's normal set:
+    ``normal/<monitor>/<type>/train/normal_<id_NN>_<kind>_<clip id>.wav`` (the DCASE 2020 name ``train``
+    parses for the machine id; ids that are not ``id_NN`` become ``id_00``)."""
+    ident = machine_id if re.fullmatch(r"id_\d+", machine_id) else "id_00"
+    return normal_dir(root, monitor) / machine_type / "train" / f"normal_{ident}_{kind}_{clip_id}.wav"
 
 
 def faults_dir(root: str | Path, monitor: str) -> Path:
@@ -405,19 +417,21 @@ class EvidenceWriter:
 
     def _write_normal(self, clip: _Clip) -> None:
         stage = clip.stage
-        folder = normal_dir(self.root, stage.name)
+        origin = stage.monitor.origin
+        target = normal_clip(self.root, stage.name, origin.machine_type, origin.machine_id, "sample", clip.id)
+        folder = target.parent
         data = wav_bytes(clip.buffer[:clip.n], stage.rate)
         try:
             ensure_dir(folder)
             self._check_space(folder, len(data))
-            write_atomic(folder / f"sample_{clip.id}.wav", data)
-            samples = sorted(folder.glob("sample_*.wav"))  # ids sort by time
+            write_atomic(target, data)
+            samples = sorted(folder.glob("normal_*_sample_*.wav"))  # ids sort by time
             for old in samples[:max(0, len(samples) - self.settings.normal_sample_max)]:
                 old.unlink(missing_ok=True)
         except OSError as exc:
             log.warning("normal sample not kept", monitor=stage.name, error=exc.strerror or str(exc))
             return
-        log.info("normal sample kept", monitor=stage.name, file=str(folder / f"sample_{clip.id}.wav"))
+        log.info("normal sample kept", monitor=stage.name, file=str(target))
 
     def _check_space(self, folder: Path, size: int) -> None:
         st = os.statvfs(folder)
