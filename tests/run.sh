@@ -33,7 +33,7 @@ if [ ! -x .venv-tflite/bin/python ]; then
   pip_install .venv-tflite/bin/python --upgrade pip
 fi
 pip_install .venv-tflite/bin/python 'numpy<2' scipy pyyaml structlog paho-mqtt sounddevice tflite-runtime \
-  'protobuf>=7.35.1' pytest
+  'protobuf>=7.35.1' prometheus-client pytest
 pip_install .venv-tflite/bin/python --no-deps -e .
 # the sensor-node tests (no TensorFlow, no librosa) with tflite-runtime forced, on numpy 1.x:
 # the pipeline, replay and the daemon end to end (PulseAudio, mosquitto) as a Pi with tflite-runtime runs them
