@@ -372,7 +372,7 @@ def test_record_beside_the_daemon_and_sighup_applies_a_new_calibration_without_a
 
     pulse = PulseServer(tmp_path / "pulse", rate=16000, channels=1).start()
     broker = Broker(tmp_path / "broker").start()
-    node = Node(tmp_path, pulse, broker, extra=f"state_dir: {tmp_path / 'state'}\n")
+    node = Node(tmp_path, pulse, broker)  # its config keeps the state in tmp_path / "state"
     try:
         assert node.read_notify("READY=1", 30), node.output()
         bundle_value = Bundle.load(BUNDLE).manifest.decision.thresholds[1].value
