@@ -201,7 +201,7 @@ def render_html(trace: Trace, frames: np.ndarray, params: FeatureParams) -> str:
     esc = html.escape
     parts: list[str] = []
     add = parts.append
-    add(f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {_W} {_H}" width="{_W}" height="{_H}" '
+    add(f'<svg viewBox="0 0 {_W} {_H}" width="{_W}" height="{_H}" '
         f'role="img" aria-label="log-mel and decision score of {esc(trace.file)}">')
     # the spectrogram: frame j covers samples j·hop .. j·hop + n_fft
     frames_end = ((len(frames) - 1) * params.hop_length + params.n_fft) / params.sample_rate if len(frames) else 0.0
