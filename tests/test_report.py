@@ -23,6 +23,7 @@ from test_replay import ANOMALY, BUNDLE, NORMAL, cli, one_error_line
 
 from edge_monitor.core.features import log_mel
 from edge_monitor.core.model import Bundle
+from edge_monitor.core.picture import log_mel_image
 from edge_monitor.core.wav import load_audio, write_wav
 
 DATA_URI = "data:image/png;base64,"
@@ -72,6 +73,7 @@ def test_anomaly_report_is_self_contained_and_marks_each_alert(tmp_path):
     params = Bundle.load(BUNDLE).params
     frames = log_mel(load_audio(ANOMALY, params.sample_rate), params)
     assert picture.format == "PNG" and picture.size == (len(frames), params.n_mels)
+    assert np.array_equal(np.asarray(picture.convert("RGB")), log_mel_image(frames))  # decodes, pixel for pixel
 
     starts = [e for e in events if e["type"] == "anomaly_start"]
     assert starts
@@ -96,6 +98,7 @@ def test_anomaly_report_is_self_contained_and_marks_each_alert(tmp_path):
         assert f"{low:.0f}-{high:.0f} Hz" in words
 
     png = Image.open(out / "anomaly_id_00_demo.png")  # matplotlib is in the venv (the train extra)
+    png.load()
     assert png.format == "PNG" and png.size[0] >= 800
     assert f"report {out / 'anomaly_id_00_demo.html'}" in proc.stdout
 
