@@ -152,7 +152,7 @@ def test_without_matplotlib_the_html_is_written_and_the_png_skipped_with_one_lin
     out = tmp_path / "report"
     code = ("import sys; sys.modules['matplotlib'] = None\nfrom edge_monitor.commands import main\n"
             f"sys.exit(main(['replay', {str(ANOMALY)!r}, {str(NORMAL)!r}, '--report', {str(out)!r}]))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 1, proc.stderr
     assert sorted(p.name for p in out.iterdir()) == ["anomaly_id_00_demo.html", "normal_id_00_demo.html"]
     told = [line for line in (proc.stdout + proc.stderr).splitlines() if "matplotlib is not installed" in line]
@@ -172,8 +172,37 @@ def test_bad_report_folder_is_one_line_exit_2(tmp_path, where):
 def test_chromium_renders_the_page(tmp_path):
     _, out, events = replay_report(tmp_path, ANOMALY)
     proc = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
-                           (out / "anomaly_id_00_demo.html").as_uri()], capture_output=True, text=True, timeout=120)
+                           (out / "anomaly_id_00_demo.html").as_uri()], capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     page = Page(proc.stdout)  # the DOM the browser built: the SVG parsed, the alert and the picture in it
     assert len(page.having("g", "alert")) == sum(e["type"] == "anomaly_start" for e in events)
     assert page.having("image", "spectrogram")[0]["href"].startswith(DATA_URI)
+
+
+def test_evaluate_writes_and_links_the_report_of_each_misclassified_clip(tmp_path):
+    """Real clips with swapped labels: the anomalous demo clip called normal is a false alarm, the normal one
+    called anomalous is missed; evaluate's report.md links a page for each, and only for those."""
+    test_dir = tmp_path / "test"
+    test_dir.mkdir()
+    shutil.copy(ANOMALY, test_dir / "normal_id_00_swapped.wav")
+    shutil.copy(NORMAL, test_dir / "anomaly_id_00_swapped.wav")
+    shutil.copy(NORMAL, test_dir / "normal_id_00_right.wav")
+    out = tmp_path / "out"
+    proc = cli("evaluate", BUNDLE, test_dir, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    report = (out / "report.md").read_text()
+    section = report[report.index("## Misclassified clips"):]
+    links = sorted(p.name for p in (out / "reports").iterdir())
+    assert links == ["anomaly-anomaly_id_00_swapped.html", "anomaly-anomaly_id_00_swapped.png",
+                     "normal-normal_id_00_swapped.html", "normal-normal_id_00_swapped.png"]
+    for name in links:
+        assert f"(reports/{name})" in section
+    assert "normal_id_00_right" not in section
+    alerts = {f["file"]: f["alerts_s"] for f in results["files"]}
+    false_alarm = Page((out / "reports" / "normal-normal_id_00_swapped.html").read_text())
+    assert [float(m["data-position-s"]) for m in false_alarm.having("g", "alert")] == pytest.approx(
+        alerts["normal_id_00_swapped.wav"], abs=1e-9)
+    assert alerts["normal_id_00_swapped.wav"]
+    missed = Page((out / "reports" / "anomaly-anomaly_id_00_swapped.html").read_text())
+    assert missed.having("g", "alert") == [] and missed.having("polyline", "score")

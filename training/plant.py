@@ -33,18 +33,21 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import structlog
 
 from edge_monitor.core.errors import AudioError, UserError
+from edge_monitor.core.features import log_mel
 from edge_monitor.core.loop import Loop, WavSource
 from edge_monitor.core.manifest import Threshold
 from edge_monitor.core.model import MANIFEST_FILE, Bundle, Manifest, WindowScorer
 from edge_monitor.core.monitor import REPLAY_BATCH, REPLAY_BLOCK_SECONDS, Monitor
+from edge_monitor.core.report import Trace, render_html, render_png, trace_of
 from edge_monitor.core.settings import MonitorSettings
+from edge_monitor.core.wav import load_audio
 
 from .data import Clip
 
@@ -186,6 +189,12 @@ class Verdict:
     duration_s: float
     alerts: tuple[float, ...]   # audio positions of each anomaly_start
     onset_s: float | None
+    trace: Trace | None = field(default=None, compare=False, repr=False)  # for the misclassified clips' reports
+
+    @property
+    def detected(self) -> bool:
+        """An ``anomaly_start`` at or after the known onset, or any when the onset is unknown."""
+        return self.delay_s is not None if self.onset_s is not None else bool(self.alerts)
 
     @property
     def delay_s(self) -> float | None:
@@ -232,14 +241,17 @@ def verdicts(bundle: Bundle, clips: list[Clip], channel: int | str = 0) -> list[
             source.close()
             log.warning("clip shorter than one decision window: no verdict", file=str(clip.path), monitor=bundle.name)
             continue
-        monitor = Monitor(settings, bundle, node="evaluate", source=str(clip.path), live=False, scorer=scorer)
+        monitor = Monitor(settings, bundle, node="evaluate", source=str(clip.path), live=False, scorer=scorer,
+                          keep_errors=True)
         starts = _Starts()
+        loop = Loop(monitor, source, [starts])
+        loop.keep_events = True
         try:
-            Loop(monitor, source, [starts]).run()
+            loop.run()
         except AudioError as exc:
             raise UserError(str(exc)) from None
         out.append(Verdict(clip.path.name, int(clip.label), source.duration_s, tuple(starts.positions),
-                           onset_of(clip.path)))
+                           onset_of(clip.path), trace_of(monitor, loop.events, clip.path.name, source.duration_s)))
     return out
 
 
@@ -250,7 +262,7 @@ def summarise(found: list[Verdict]) -> dict:
     hours = sum(v.duration_s for v in normal) / 3600
     false_alarms = sum(len(v.alerts) for v in normal)
     # detected: an anomaly_start at or after a known onset, or any anomaly_start when the onset is unknown
-    detected = [v for v in anomalous if (v.delay_s is not None if v.onset_s is not None else bool(v.alerts))]
+    detected = [v for v in anomalous if v.detected]
     delays = sorted(v.delay_s for v in anomalous if v.delay_s is not None)
     with_onset = [v for v in anomalous if v.onset_s is not None]
     return {
@@ -330,4 +342,57 @@ def report_section(plant: dict) -> str:
         "The detector figures come from replaying each clip through the node's own decision layer "
         "(`Monitor`, default decision settings).",
     ]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------ misclassified clips
+
+
+def misclassified_reports(out: Path, bundle: Bundle, clips: list[Clip], scores: np.ndarray, found: list[Verdict],
+                          channel: int | str = 0) -> str:
+    """The replay report (``core.report``: HTML, and a PNG with matplotlib) of every misclassified clip in
+    ``out/reports/``, and the Markdown section of ``report.md`` that links them. Misclassified: wrong at the
+    bundle's clip threshold (``score > threshold``), or wrong by the detector's verdict (an alert on a normal
+    clip, no detection on an anomalous one)."""
+    by_file = {v.file: v for v in found}
+    rows, names = [], set()
+    for clip, score in zip(clips, scores):
+        verdict = by_file.get(clip.path.name)
+        label = "anomaly" if clip.label else "normal"
+        clip_wrong = bool(score > bundle.threshold) != bool(clip.label)
+        if verdict is None:  # shorter than one decision window: no detector verdict
+            detector_wrong = False
+        else:
+            detector_wrong = not verdict.detected if clip.label else bool(verdict.alerts)
+        if not (clip_wrong or detector_wrong):
+            continue
+        link = "not written (shorter than one decision window)"
+        if verdict is not None and verdict.trace is not None:
+            stem = f"{label}-{clip.path.stem}"
+            n = 2
+            while stem in names:  # normal/00000000.wav and abnormal/00000000.wav, or the same name twice
+                stem, n = f"{label}-{clip.path.stem}-{n}", n + 1
+            names.add(stem)
+            params = bundle.params
+            frames = log_mel(load_audio(clip.path, params.sample_rate, channel), params)
+            folder = out / "reports"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{stem}.html").write_text(render_html(verdict.trace, frames, params), encoding="utf-8")
+            png = render_png(verdict.trace, frames, params)
+            if png is not None:
+                (folder / f"{stem}.png").write_bytes(png)
+            link = f"[page](reports/{stem}.html)" + (f" · [PNG](reports/{stem}.png)" if png is not None else "")
+        kind = "false alarm" if not clip.label else "missed"
+        at_clip = f"{score:.4f} {'>' if score > bundle.threshold else '≤'} {bundle.threshold:.4f}"
+        alerts = ", ".join(f"{a:.1f} s" for a in verdict.alerts) if verdict and verdict.alerts else "none"
+        rows.append(f"| {clip.path.name} | {label} | {kind} | {at_clip}{' (wrong)' if clip_wrong else ''} | "
+                    f"{alerts}{' (wrong)' if detector_wrong else ''} | {link} |")
+    lines = ["", "## Misclassified clips", ""]
+    if not rows:
+        return "\n".join(lines + ["None: every clip is right at the bundle's threshold and by the detector.", ""])
+    lines += [("Each page shows the clip's log-mel, the detector's decision score against the decision threshold, "
+               "anomaly and health spans, where alerts fired and the bands each event named "
+               "(`edge-monitor replay FILE --report DIR` draws the same picture)."), "",
+              "| clip | label | error | clip score vs threshold | detector alerts | report |", "|---|---|---|---|---|---|",
+              *rows]
     return "\n".join(lines) + "\n"
