@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--clip", type=Path)
     parser.add_argument("--long-minutes", type=float, default=10.0)
     args = parser.parse_args()
-    clip = args.clip or (sorted(MIMII.glob("*.wav"))[0] if MIMII.is_dir() else DEMO_DIR / "clips" /
+    clip = args.clip or (min(MIMII.glob("*.wav")) if MIMII.is_dir() else DEMO_DIR / "clips" /
                          "anomaly_id_00_demo.wav")
     bundle = Bundle.load(DEMO_DIR / "fan-id_00")
     with tempfile.TemporaryDirectory() as tmp:

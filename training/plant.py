@@ -33,7 +33,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -190,11 +191,17 @@ class Verdict:
     alerts: tuple[float, ...]   # audio positions of each anomaly_start
     onset_s: float | None
     trace: Trace | None = field(default=None, compare=False, repr=False)  # for the misclassified clips' reports
+    path: Path | None = field(default=None, compare=False, repr=False)    # the clip (names repeat across folders)
 
     @property
     def detected(self) -> bool:
         """An ``anomaly_start`` at or after the known onset, or any when the onset is unknown."""
         return self.delay_s is not None if self.onset_s is not None else bool(self.alerts)
+
+    @property
+    def wrong(self) -> bool:
+        """The detector got the clip wrong: an alert on a normal clip, no detection on an anomalous one."""
+        return not self.detected if self.label else bool(self.alerts)
 
     @property
     def delay_s(self) -> float | None:
@@ -226,13 +233,16 @@ class _Starts:
         pass
 
 
-def verdicts(bundle: Bundle, clips: list[Clip], channel: int | str = 0) -> list[Verdict]:
+def verdicts(bundle: Bundle, clips: list[Clip], channel: int | str = 0,
+             keep_trace: Sequence[bool] | None = None) -> list[Verdict]:
     """Every clip through a fresh ``Monitor`` (default decision settings) in the one loop replay and the
-    daemon run (``core.loop``: the file read from disk, resampled as replay does); one shared interpreter."""
+    daemon run (``core.loop``: the file read from disk, resampled as replay does); one shared interpreter.
+    A verdict keeps its ``core.report.Trace`` when the detector got the clip wrong or ``keep_trace[i]``
+    (evaluate: wrong at the clip threshold), for the misclassified clips' reports."""
     settings = MonitorSettings(name=bundle.name, model=str(bundle.path), channel=channel)
     scorer = WindowScorer(bundle, batch_size=REPLAY_BATCH)
     out = []
-    for clip in clips:
+    for i, clip in enumerate(clips):
         try:
             source = WavSource(clip.path, channel, REPLAY_BLOCK_SECONDS)
         except AudioError as exc:
@@ -250,8 +260,11 @@ def verdicts(bundle: Bundle, clips: list[Clip], channel: int | str = 0) -> list[
             loop.run()
         except AudioError as exc:
             raise UserError(str(exc)) from None
-        out.append(Verdict(clip.path.name, int(clip.label), source.duration_s, tuple(starts.positions),
-                           onset_of(clip.path), trace_of(monitor, loop.events, clip.path.name, source.duration_s)))
+        verdict = Verdict(clip.path.name, int(clip.label), source.duration_s, tuple(starts.positions),
+                          onset_of(clip.path), path=clip.path)
+        if verdict.wrong or (keep_trace is not None and keep_trace[i]):
+            verdict = replace(verdict, trace=trace_of(monitor, loop.events, clip.path.name, source.duration_s))
+        out.append(verdict)
     return out
 
 
@@ -290,7 +303,8 @@ def summarise(found: list[Verdict]) -> dict:
 def plant_figures(bundle: Bundle, clips: list[Clip], labels: np.ndarray, scores: np.ndarray,
                   channel: int | str = 0) -> tuple[dict, list[Verdict]]:
     """The ``plant`` block of ``results.json``: F1-optimal threshold and the detector's verdicts."""
-    found = verdicts(bundle, clips, channel)
+    wrong = (np.asarray(scores) > bundle.threshold) != np.asarray(labels).astype(bool)
+    found = verdicts(bundle, clips, channel, keep_trace=wrong.tolist())
     return {
         "at_threshold": threshold_figures(labels, scores, bundle.threshold),
         "f1_optimal": f1_optimal(labels, scores),
@@ -354,16 +368,13 @@ def misclassified_reports(out: Path, bundle: Bundle, clips: list[Clip], scores: 
     ``out/reports/``, and the Markdown section of ``report.md`` that links them. Misclassified: wrong at the
     bundle's clip threshold (``score > threshold``), or wrong by the detector's verdict (an alert on a normal
     clip, no detection on an anomalous one)."""
-    by_file = {v.file: v for v in found}
+    by_path = {v.path: v for v in found}
     rows, names = [], set()
     for clip, score in zip(clips, scores):
-        verdict = by_file.get(clip.path.name)
+        verdict = by_path.get(clip.path)
         label = "anomaly" if clip.label else "normal"
         clip_wrong = bool(score > bundle.threshold) != bool(clip.label)
-        if verdict is None:  # shorter than one decision window: no detector verdict
-            detector_wrong = False
-        else:
-            detector_wrong = not verdict.detected if clip.label else bool(verdict.alerts)
+        detector_wrong = verdict is not None and verdict.wrong  # None: shorter than one decision window
         if not (clip_wrong or detector_wrong):
             continue
         link = "not written (shorter than one decision window)"
@@ -385,7 +396,7 @@ def misclassified_reports(out: Path, bundle: Bundle, clips: list[Clip], scores: 
         kind = "false alarm" if not clip.label else "missed"
         at_clip = f"{score:.4f} {'>' if score > bundle.threshold else '≤'} {bundle.threshold:.4f}"
         alerts = ", ".join(f"{a:.1f} s" for a in verdict.alerts) if verdict and verdict.alerts else "none"
-        rows.append(f"| {clip.path.name} | {label} | {kind} | {at_clip}{' (wrong)' if clip_wrong else ''} | "
+        rows.append(f"| {clip.path.parent.name}/{clip.path.name} | {label} | {kind} | {at_clip}{' (wrong)' if clip_wrong else ''} | "
                     f"{alerts}{' (wrong)' if detector_wrong else ''} | {link} |")
     lines = ["", "## Misclassified clips", ""]
     if not rows:
