@@ -206,3 +206,30 @@ def test_evaluate_writes_and_links_the_report_of_each_misclassified_clip(tmp_pat
     assert alerts["normal_id_00_swapped.wav"]
     missed = Page((out / "reports" / "anomaly-anomaly_id_00_swapped.html").read_text())
     assert missed.having("g", "alert") == [] and missed.having("polyline", "score")
+
+
+def test_config_with_two_monitors_gives_one_report_each_with_its_threshold(tmp_path):
+    config = tmp_path / "node.yaml"
+    config.write_text(f"node: test-node\nmonitors:\n  - name: fan-a\n    model: {BUNDLE}\n"
+                      f"  - name: fan-b\n    model: {BUNDLE}\n    threshold: 5.0\n")
+    proc, out, events = replay_report(tmp_path, ANOMALY, "--config", config)
+    assert proc.returncode == 1
+    assert sorted(p.name for p in out.glob("*.html")) == ["anomaly_id_00_demo.fan-a.html",
+                                                          "anomaly_id_00_demo.fan-b.html"]
+    a, b = (Page((out / f"anomaly_id_00_demo.{m}.html").read_text()) for m in ("fan-a", "fan-b"))
+    assert len(a.having("g", "alert")) == sum(e["type"] == "anomaly_start" for e in events) > 0
+    assert b.having("g", "alert") == [] and float(b.having("line", "threshold")[0]["data-threshold"]) == 5.0
+
+
+def test_evaluate_tells_clips_of_the_same_name_apart(tmp_path):
+    """MIMII's layout: normal/00000000.wav and abnormal/00000000.wav. Only the missed anomalous one is listed."""
+    for folder in ("normal", "abnormal"):
+        (tmp_path / "test" / folder).mkdir(parents=True)
+        shutil.copy(NORMAL, tmp_path / "test" / folder / "00000000.wav")
+    out = tmp_path / "out"
+    proc = cli("evaluate", BUNDLE, tmp_path / "test", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    section = (out / "report.md").read_text().split("## Misclassified clips")[1]
+    assert "| abnormal/00000000.wav | anomaly | missed |" in section
+    assert "normal/00000000.wav | normal" not in section
+    assert sorted(p.name for p in (out / "reports").glob("*.html")) == ["anomaly-00000000.html"]
