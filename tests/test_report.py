@@ -233,3 +233,21 @@ def test_evaluate_tells_clips_of_the_same_name_apart(tmp_path):
     assert "| abnormal/00000000.wav | anomaly | missed |" in section
     assert "normal/00000000.wav | normal" not in section
     assert sorted(p.name for p in (out / "reports").glob("*.html")) == ["anomaly-00000000.html"]
+
+
+def test_evaluate_draws_only_the_most_wrong_clips(tmp_path, monkeypatch):
+    from training import plant
+    from training.data import find_test_clips
+    from training.evaluate import evaluate_bundle
+
+    test_dir = tmp_path / "test"
+    test_dir.mkdir()
+    shutil.copy(ANOMALY, test_dir / "normal_id_00_swapped.wav")   # clip score 0.83 over a 0.70 threshold
+    shutil.copy(NORMAL, test_dir / "anomaly_id_00_swapped.wav")   # 0.68 under it: less wrong
+    monkeypatch.setattr(plant, "MAX_REPORTS", 1)
+    evaluate_bundle(Bundle.load(BUNDLE), find_test_clips(test_dir, "fan"), tmp_path / "out")
+    section = (tmp_path / "out" / "report.md").read_text().split("## Misclassified clips")[1]
+    rows = [line for line in section.splitlines() if line.startswith("| test/")]
+    assert rows[0].startswith("| test/normal_id_00_swapped.wav") and "[page](reports/" in rows[0]
+    assert rows[1].startswith("| test/anomaly_id_00_swapped.wav") and "not drawn (only the 1 most wrong" in rows[1]
+    assert [p.name for p in (tmp_path / "out" / "reports").glob("*.html")] == ["normal-normal_id_00_swapped.html"]

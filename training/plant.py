@@ -55,6 +55,7 @@ from .data import Clip
 log = structlog.get_logger("edge_monitor.evaluate")
 
 MIN_ANOMALIES_TO_APPLY = 10
+MAX_REPORTS = 30  # pages drawn for misclassified clips per evaluation (the most wrong first)
 ONSET_KEY = "fault_onset_s"
 DEFAULT_LABELS = Path(os.environ.get("EDGE_MONITOR_STATE", "/var/lib/edge-monitor")) / "labels"
 _LABEL_DIRS = {"normal": 0, "anomaly": 1, "abnormal": 1}
@@ -364,46 +365,57 @@ def report_section(plant: dict) -> str:
 
 def misclassified_reports(out: Path, bundle: Bundle, clips: list[Clip], scores: np.ndarray, found: list[Verdict],
                           channel: int | str = 0) -> str:
-    """The replay report (``core.report``: HTML, and a PNG with matplotlib) of every misclassified clip in
-    ``out/reports/``, and the Markdown section of ``report.md`` that links them. Misclassified: wrong at the
-    bundle's clip threshold (``score > threshold``), or wrong by the detector's verdict (an alert on a normal
-    clip, no detection on an anomalous one)."""
+    """The replay report (``core.report``: HTML, and a PNG with matplotlib) of the misclassified clips in
+    ``out/reports/``, and the Markdown section of ``report.md`` that lists and links them. Misclassified: wrong
+    at the bundle's clip threshold (``score > threshold``), or wrong by the detector's verdict (an alert on a
+    normal clip, no detection on an anomalous one). Listed most wrong first (clip score furthest from the
+    threshold, in ratio); pages for the first ``MAX_REPORTS`` only (an evaluation folder sits in the bundle)."""
     by_path = {v.path: v for v in found}
-    rows, names = [], set()
+    wrong = []
     for clip, score in zip(clips, scores):
-        verdict = by_path.get(clip.path)
-        label = "anomaly" if clip.label else "normal"
+        verdict = by_path.get(clip.path)  # None: shorter than one decision window, no detector verdict
         clip_wrong = bool(score > bundle.threshold) != bool(clip.label)
-        detector_wrong = verdict is not None and verdict.wrong  # None: shorter than one decision window
-        if not (clip_wrong or detector_wrong):
-            continue
-        link = "not written (shorter than one decision window)"
-        if verdict is not None and verdict.trace is not None:
-            stem = f"{label}-{clip.path.stem}"
-            n = 2
+        detector_wrong = verdict is not None and verdict.wrong
+        if clip_wrong or detector_wrong:
+            how_far = abs(math.log(max(float(score), 1e-12) / bundle.threshold)) if clip_wrong else 0.0
+            wrong.append((-how_far, len(wrong), clip, float(score), verdict, clip_wrong, detector_wrong))
+    lines = ["", "## Misclassified clips", ""]
+    if not wrong:
+        return "\n".join(lines + ["None: every clip is right at the bundle's threshold and by the detector.", ""])
+    rows, names = [], set()
+    for rank, (_, _, clip, score, verdict, clip_wrong, detector_wrong) in enumerate(sorted(wrong)):
+        label = "anomaly" if clip.label else "normal"
+        if verdict is None or verdict.trace is None:
+            link = "none (shorter than one decision window)"
+        elif rank >= MAX_REPORTS:
+            link = f"not drawn (only the {MAX_REPORTS} most wrong are)"
+        else:
+            stem, n = f"{label}-{clip.path.stem}", 2
             while stem in names:  # normal/00000000.wav and abnormal/00000000.wav, or the same name twice
                 stem, n = f"{label}-{clip.path.stem}-{n}", n + 1
             names.add(stem)
-            params = bundle.params
-            frames = log_mel(load_audio(clip.path, params.sample_rate, channel), params)
-            folder = out / "reports"
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / f"{stem}.html").write_text(render_html(verdict.trace, frames, params), encoding="utf-8")
-            png = render_png(verdict.trace, frames, params)
-            if png is not None:
-                (folder / f"{stem}.png").write_bytes(png)
-            link = f"[page](reports/{stem}.html)" + (f" · [PNG](reports/{stem}.png)" if png is not None else "")
+            link = _write_clip_report(out / "reports", stem, verdict.trace, clip.path, bundle, channel)
         kind = "false alarm" if not clip.label else "missed"
         at_clip = f"{score:.4f} {'>' if score > bundle.threshold else '≤'} {bundle.threshold:.4f}"
         alerts = ", ".join(f"{a:.1f} s" for a in verdict.alerts) if verdict and verdict.alerts else "none"
-        rows.append(f"| {clip.path.parent.name}/{clip.path.name} | {label} | {kind} | {at_clip}{' (wrong)' if clip_wrong else ''} | "
-                    f"{alerts}{' (wrong)' if detector_wrong else ''} | {link} |")
-    lines = ["", "## Misclassified clips", ""]
-    if not rows:
-        return "\n".join(lines + ["None: every clip is right at the bundle's threshold and by the detector.", ""])
+        rows.append(f"| {clip.path.parent.name}/{clip.path.name} | {label} | {kind} | "
+                    f"{at_clip}{' (wrong)' if clip_wrong else ''} | {alerts}{' (wrong)' if detector_wrong else ''} | "
+                    f"{link} |")
     lines += [("Each page shows the clip's log-mel, the detector's decision score against the decision threshold, "
                "anomaly and health spans, where alerts fired and the bands each event named "
                "(`edge-monitor replay FILE --report DIR` draws the same picture)."), "",
               "| clip | label | error | clip score vs threshold | detector alerts | report |", "|---|---|---|---|---|---|",
               *rows]
     return "\n".join(lines) + "\n"
+
+
+def _write_clip_report(folder: Path, stem: str, trace: Trace, wav: Path, bundle: Bundle, channel: int | str) -> str:
+    """One clip's page (and PNG, with matplotlib) in ``folder``; returns the Markdown links."""
+    params = bundle.params
+    frames = log_mel(load_audio(wav, params.sample_rate, channel), params)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{stem}.html").write_text(render_html(trace, frames, params), encoding="utf-8")
+    png = render_png(trace, frames, params)
+    if png is not None:
+        (folder / f"{stem}.png").write_bytes(png)
+    return f"[page](reports/{stem}.html)" + (f" · [PNG](reports/{stem}.png)" if png is not None else "")
