@@ -16,8 +16,9 @@ from test_outbox_storage import SmallFs
 from test_replay import BUNDLE, cli, one_error_line
 
 from edge_monitor.core.events import validate
+from edge_monitor.core.picture import log_mel_png, png_bytes
 from edge_monitor.core.wav import load_audio, read_wav, resample, write_wav
-from edge_monitor.node.evidence import enforce_retention, log_mel_png, png_bytes
+from edge_monitor.node.evidence import enforce_retention
 from training.synth import synth_clip
 
 RATE = 16000

@@ -149,6 +149,7 @@ def evaluate_bundle(bundle: Bundle, clips: list[Clip], out: Path, *, channel: in
     report.write_evaluation_report(out, result, plots)
     with open(out / "report.md", "a") as handle:
         handle.write(plant.report_section(result["plant"]))
+        handle.write(plant.misclassified_reports(out, bundle, [c for c, _, _ in scored], s_int8, found, channel))
     if record_in_manifest:  # through the type, atomically: a crash leaves the old manifest whole
         manifest_path = bundle.path / MANIFEST_FILE
         manifest = Manifest.read(manifest_path)

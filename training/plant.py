@@ -33,24 +33,29 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import structlog
 
 from edge_monitor.core.errors import AudioError, UserError
+from edge_monitor.core.features import log_mel
 from edge_monitor.core.loop import Loop, WavSource
 from edge_monitor.core.manifest import Threshold
 from edge_monitor.core.model import MANIFEST_FILE, Bundle, Manifest, WindowScorer
 from edge_monitor.core.monitor import REPLAY_BATCH, REPLAY_BLOCK_SECONDS, Monitor
+from edge_monitor.core.report import Trace, render_html, render_png, trace_of
 from edge_monitor.core.settings import MonitorSettings
+from edge_monitor.core.wav import load_audio
 
 from .data import Clip
 
 log = structlog.get_logger("edge_monitor.evaluate")
 
 MIN_ANOMALIES_TO_APPLY = 10
+MAX_REPORTS = 30  # pages drawn for misclassified clips per evaluation (the most wrong first)
 ONSET_KEY = "fault_onset_s"
 DEFAULT_LABELS = Path(os.environ.get("EDGE_MONITOR_STATE", "/var/lib/edge-monitor")) / "labels"
 _LABEL_DIRS = {"normal": 0, "anomaly": 1, "abnormal": 1}
@@ -186,6 +191,18 @@ class Verdict:
     duration_s: float
     alerts: tuple[float, ...]   # audio positions of each anomaly_start
     onset_s: float | None
+    trace: Trace | None = field(default=None, compare=False, repr=False)  # for the misclassified clips' reports
+    path: Path | None = field(default=None, compare=False, repr=False)    # the clip (names repeat across folders)
+
+    @property
+    def detected(self) -> bool:
+        """An ``anomaly_start`` at or after the known onset, or any when the onset is unknown."""
+        return self.delay_s is not None if self.onset_s is not None else bool(self.alerts)
+
+    @property
+    def wrong(self) -> bool:
+        """The detector got the clip wrong: an alert on a normal clip, no detection on an anomalous one."""
+        return not self.detected if self.label else bool(self.alerts)
 
     @property
     def delay_s(self) -> float | None:
@@ -217,13 +234,16 @@ class _Starts:
         pass
 
 
-def verdicts(bundle: Bundle, clips: list[Clip], channel: int | str = 0) -> list[Verdict]:
+def verdicts(bundle: Bundle, clips: list[Clip], channel: int | str = 0,
+             keep_trace: Sequence[bool] | None = None) -> list[Verdict]:
     """Every clip through a fresh ``Monitor`` (default decision settings) in the one loop replay and the
-    daemon run (``core.loop``: the file read from disk, resampled as replay does); one shared interpreter."""
+    daemon run (``core.loop``: the file read from disk, resampled as replay does); one shared interpreter.
+    A verdict keeps its ``core.report.Trace`` when the detector got the clip wrong or ``keep_trace[i]``
+    (evaluate: wrong at the clip threshold), for the misclassified clips' reports."""
     settings = MonitorSettings(name=bundle.name, model=str(bundle.path), channel=channel)
     scorer = WindowScorer(bundle, batch_size=REPLAY_BATCH)
     out = []
-    for clip in clips:
+    for i, clip in enumerate(clips):
         try:
             source = WavSource(clip.path, channel, REPLAY_BLOCK_SECONDS)
         except AudioError as exc:
@@ -232,14 +252,20 @@ def verdicts(bundle: Bundle, clips: list[Clip], channel: int | str = 0) -> list[
             source.close()
             log.warning("clip shorter than one decision window: no verdict", file=str(clip.path), monitor=bundle.name)
             continue
-        monitor = Monitor(settings, bundle, node="evaluate", source=str(clip.path), live=False, scorer=scorer)
+        monitor = Monitor(settings, bundle, node="evaluate", source=str(clip.path), live=False, scorer=scorer,
+                          keep_errors=True)
         starts = _Starts()
+        loop = Loop(monitor, source, [starts])
+        loop.keep_events = True
         try:
-            Loop(monitor, source, [starts]).run()
+            loop.run()
         except AudioError as exc:
             raise UserError(str(exc)) from None
-        out.append(Verdict(clip.path.name, int(clip.label), source.duration_s, tuple(starts.positions),
-                           onset_of(clip.path)))
+        verdict = Verdict(clip.path.name, int(clip.label), source.duration_s, tuple(starts.positions),
+                          onset_of(clip.path), path=clip.path)
+        if verdict.wrong or (keep_trace is not None and keep_trace[i]):
+            verdict = replace(verdict, trace=trace_of(monitor, loop.events, clip.path.name, source.duration_s))
+        out.append(verdict)
     return out
 
 
@@ -250,7 +276,7 @@ def summarise(found: list[Verdict]) -> dict:
     hours = sum(v.duration_s for v in normal) / 3600
     false_alarms = sum(len(v.alerts) for v in normal)
     # detected: an anomaly_start at or after a known onset, or any anomaly_start when the onset is unknown
-    detected = [v for v in anomalous if (v.delay_s is not None if v.onset_s is not None else bool(v.alerts))]
+    detected = [v for v in anomalous if v.detected]
     delays = sorted(v.delay_s for v in anomalous if v.delay_s is not None)
     with_onset = [v for v in anomalous if v.onset_s is not None]
     return {
@@ -278,7 +304,8 @@ def summarise(found: list[Verdict]) -> dict:
 def plant_figures(bundle: Bundle, clips: list[Clip], labels: np.ndarray, scores: np.ndarray,
                   channel: int | str = 0) -> tuple[dict, list[Verdict]]:
     """The ``plant`` block of ``results.json``: F1-optimal threshold and the detector's verdicts."""
-    found = verdicts(bundle, clips, channel)
+    wrong = (np.asarray(scores) > bundle.threshold) != np.asarray(labels).astype(bool)
+    found = verdicts(bundle, clips, channel, keep_trace=wrong.tolist())
     return {
         "at_threshold": threshold_figures(labels, scores, bundle.threshold),
         "f1_optimal": f1_optimal(labels, scores),
@@ -331,3 +358,64 @@ def report_section(plant: dict) -> str:
         "(`Monitor`, default decision settings).",
     ]
     return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------ misclassified clips
+
+
+def misclassified_reports(out: Path, bundle: Bundle, clips: list[Clip], scores: np.ndarray, found: list[Verdict],
+                          channel: int | str = 0) -> str:
+    """The replay report (``core.report``: HTML, and a PNG with matplotlib) of the misclassified clips in
+    ``out/reports/``, and the Markdown section of ``report.md`` that lists and links them. Misclassified: wrong
+    at the bundle's clip threshold (``score > threshold``), or wrong by the detector's verdict (an alert on a
+    normal clip, no detection on an anomalous one). Listed most wrong first (clip score furthest from the
+    threshold, in ratio); pages for the first ``MAX_REPORTS`` only (an evaluation folder sits in the bundle)."""
+    by_path = {v.path: v for v in found}
+    wrong = []
+    for clip, score in zip(clips, scores):
+        verdict = by_path.get(clip.path)  # None: shorter than one decision window, no detector verdict
+        clip_wrong = bool(score > bundle.threshold) != bool(clip.label)
+        detector_wrong = verdict is not None and verdict.wrong
+        if clip_wrong or detector_wrong:
+            how_far = abs(math.log(max(float(score), 1e-12) / bundle.threshold)) if clip_wrong else 0.0
+            wrong.append((-how_far, len(wrong), clip, float(score), verdict, clip_wrong, detector_wrong))
+    lines = ["", "## Misclassified clips", ""]
+    if not wrong:
+        return "\n".join(lines + ["None: every clip is right at the bundle's threshold and by the detector.", ""])
+    rows, names = [], set()
+    for rank, (_, _, clip, score, verdict, clip_wrong, detector_wrong) in enumerate(sorted(wrong)):
+        label = "anomaly" if clip.label else "normal"
+        if verdict is None or verdict.trace is None:
+            link = "none (shorter than one decision window)"
+        elif rank >= MAX_REPORTS:
+            link = f"not drawn (only the {MAX_REPORTS} most wrong are)"
+        else:
+            stem, n = f"{label}-{clip.path.stem}", 2
+            while stem in names:  # normal/00000000.wav and abnormal/00000000.wav, or the same name twice
+                stem, n = f"{label}-{clip.path.stem}-{n}", n + 1
+            names.add(stem)
+            link = _write_clip_report(out / "reports", stem, verdict.trace, clip.path, bundle, channel)
+        kind = "false alarm" if not clip.label else "missed"
+        at_clip = f"{score:.4f} {'>' if score > bundle.threshold else '≤'} {bundle.threshold:.4f}"
+        alerts = ", ".join(f"{a:.1f} s" for a in verdict.alerts) if verdict and verdict.alerts else "none"
+        rows.append(f"| {clip.path.parent.name}/{clip.path.name} | {label} | {kind} | "
+                    f"{at_clip}{' (wrong)' if clip_wrong else ''} | {alerts}{' (wrong)' if detector_wrong else ''} | "
+                    f"{link} |")
+    lines += [("Each page shows the clip's log-mel, the detector's decision score against the decision threshold, "
+               "anomaly and health spans, where alerts fired and the bands each event named "
+               "(`edge-monitor replay FILE --report DIR` draws the same picture)."), "",
+              "| clip | label | error | clip score vs threshold | detector alerts | report |", "|---|---|---|---|---|---|",
+              *rows]
+    return "\n".join(lines) + "\n"
+
+
+def _write_clip_report(folder: Path, stem: str, trace: Trace, wav: Path, bundle: Bundle, channel: int | str) -> str:
+    """One clip's page (and PNG, with matplotlib) in ``folder``; returns the Markdown links."""
+    params = bundle.params
+    frames = log_mel(load_audio(wav, params.sample_rate, channel), params)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{stem}.html").write_text(render_html(trace, frames, params), encoding="utf-8")
+    png = render_png(trace, frames, params)
+    if png is not None:
+        (folder / f"{stem}.png").write_bytes(png)
+    return f"[page](reports/{stem}.html)" + (f" · [PNG](reports/{stem}.png)" if png is not None else "")

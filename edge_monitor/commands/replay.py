@@ -54,6 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--evidence", type=Path, metavar="DIR",
                         help="write each anomaly's audio (with its pre-roll) and a log-mel PNG into DIR/evidence/<monitor>/ "
                              "as the daemon does in its state folder; events carry evidence: {file, sha256, ...}")
+    parser.add_argument("--report", type=Path, metavar="DIR",
+                        help="write a picture of each file into DIR: <file stem>.html (self-contained: log-mel, "
+                             "decision score against the threshold, anomaly and health spans, alerts, bands) and "
+                             "<file stem>.png (the same figure; only where matplotlib is installed)")
     parser.add_argument("--node", help="node name in events (default: the config's, else this host's name)")
     parser.add_argument("--quiet", action="store_true", help="no per-file summary")
 
@@ -67,6 +71,7 @@ class FileResult:
     threshold: float = float("nan")  # the decision threshold the monitor used
     events: list[Event] = field(default_factory=list)
     error: str | None = None
+    trace: object | None = None  # with --report: its core.report.Trace
 
     @property
     def anomalies(self) -> list[Event]:
@@ -104,10 +109,11 @@ def _settings(args: argparse.Namespace) -> Settings:
 def replay_file(path: Path, settings: Settings, bundles: dict[str, Bundle], *, block_seconds: float,
                 realtime: bool, sinks: list, scorers: dict[str, WindowScorer] | None = None,
                 telemetry_seconds: float | None = None, evidence=None,  # noqa: ANN001
-                calibrations: dict[str, Threshold] | None = None) -> list[FileResult]:
+                calibrations: dict[str, Threshold] | None = None, report: bool = False) -> list[FileResult]:
     """Replay one file through every monitor with the one loop (``core.loop.Loop``) the daemon runs,
     the file read from disk block by block; returns one result per monitor. ``evidence``: an
-    ``node.evidence.EvidenceWriter`` (``--evidence``) that records each anomaly's audio in front of ``sinks``."""
+    ``node.evidence.EvidenceWriter`` (``--evidence``) that records each anomaly's audio in front of ``sinks``;
+    ``report``: keep each result's ``core.report.Trace`` (``--report``)."""
     results = []
     scorers = scorers if scorers is not None else {}
     calibrations = calibrations if calibrations is not None else {}
@@ -149,6 +155,10 @@ def replay_file(path: Path, settings: Settings, bundles: dict[str, Bundle], *, b
             loop.late_notices()
         result.events = loop.events
         result.clip_score = monitor.clip_score()
+        if report:
+            from edge_monitor.core.report import trace_of
+
+            result.trace = trace_of(monitor, loop.events, path.name, source.duration_s)
     return results
 
 
@@ -199,6 +209,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--jsonl {args.jsonl}: cannot open: {exc.strerror}") from None
     sinks: list = [sink]
     evidence = _evidence(args.evidence, settings) if args.evidence is not None else None
+    report = _report_dir(args.report) if args.report is not None else None
     out = sys.stderr if args.jsonl == "-" else sys.stdout
     results: list[FileResult] = []
     scorers: dict[str, WindowScorer] = {}
@@ -207,12 +218,14 @@ def run(args: argparse.Namespace) -> int:
             file_results = replay_file(path, settings, bundles, block_seconds=block_seconds,
                                        realtime=args.realtime, sinks=sinks, scorers=scorers,
                                        telemetry_seconds=settings.mqtt.telemetry_seconds if publisher else None,
-                                       evidence=evidence, calibrations=calibrations)
+                                       evidence=evidence, calibrations=calibrations, report=report is not None)
             for r in file_results:
                 if r.error:
                     print(f"edge-monitor: error: {r.error}", file=sys.stderr)
                 elif not args.quiet:
                     _summary(r, bundles[r.monitor], out)
+                if report is not None and r.trace is not None:
+                    _write_report(report, r, settings, bundles[r.monitor], None if args.quiet else out)
             results.extend(file_results)
     finally:
         if evidence is not None:
@@ -246,6 +259,29 @@ def _evidence(folder: Path, settings: Settings):
     writer = EvidenceWriter(folder, settings.evidence, blocking=True)
     writer.start()
     return writer
+
+
+def _report_dir(folder: Path) -> Path:
+    from edge_monitor.node.report import prepare
+
+    try:
+        return prepare(folder)
+    except OSError as exc:
+        raise UserError(f"--report {folder}: cannot create it ({exc.strerror})") from None
+
+
+def _write_report(folder: Path, result: FileResult, settings: Settings, bundle: Bundle, out) -> None:  # noqa: ANN001
+    """``--report``: the file's page (and PNG) in ``folder``; several monitors: one pair each."""
+    from edge_monitor.node.report import write_report
+
+    monitor = next(m for m in settings.monitors if m.name == result.monitor)
+    stem = result.file.stem + (f".{result.monitor}" if len(settings.monitors) > 1 else "")
+    try:
+        files = write_report(folder, result.trace, result.file, monitor.channel, bundle.params, stem)
+    except OSError as exc:
+        raise UserError(f"--report {folder}: cannot write the report of {result.file.name} ({exc.strerror})") from None
+    if out is not None:
+        print(f"  report {files.html}" + (f" and {files.png.name}" if files.png else ""), file=out)
 
 
 def _calibrations(settings: Settings, bundles: dict[str, Bundle]) -> dict[str, Threshold]:

@@ -248,6 +248,13 @@ class Monitor:
             raise RuntimeError("Monitor was created without keep_errors")
         return np.concatenate(self._errors) if self._errors else np.empty(0, np.float32)
 
+    def judged_windows(self) -> np.ndarray:
+        """Which kept window errors reached the detector (bool, aligned with :meth:`window_errors`; needs
+        keep_errors): windows with a frame far below the training level are not judged (``_decide``)."""
+        if self._errors is None:
+            raise RuntimeError("Monitor was created without keep_errors")
+        return np.concatenate(self._judged) if self._judged else np.zeros(0, dtype=bool)
+
     def judged_errors(self) -> list[np.ndarray]:
         """The kept window errors the detector judged, in runs without a quiet window between them (needs
         keep_errors): what calibration fits, so that a short dropout's huge errors do not raise the threshold."""

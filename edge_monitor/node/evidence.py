@@ -38,10 +38,8 @@ import json
 import os
 import queue
 import re
-import struct
 import threading
 import time
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -51,9 +49,10 @@ import structlog
 
 from edge_monitor.core.detector import NORMAL
 from edge_monitor.core.events import ANOMALY_TYPES, Event, EvidenceInfo, iso_ms, new_id
-from edge_monitor.core.features import FeatureParams, log_mel
+from edge_monitor.core.features import FeatureParams
 from edge_monitor.core.loop import Sink
 from edge_monitor.core.monitor import Monitor
+from edge_monitor.core.picture import log_mel_png
 from edge_monitor.core.wav import wav_bytes
 from edge_monitor.node.settings import EvidenceSettings
 from edge_monitor.node.statedir import ensure_dir, write_atomic
@@ -512,44 +511,3 @@ def enforce_retention(folder: Path, quota_bytes: int, max_age_s: float, now: flo
             removed.append(wav)
             log.info("evidence removed (retention)", file=str(wav), age_days=round((now - mtime) / 86400, 1))
     return removed
-
-
-# ------------------------------------------------------------------------------ the picture
-# A log-mel picture of a clip for the engineer who gets the alert. There is no image library on the node
-# (Pillow would add ~10 MB to every node for one picture), and an 8-bit RGB PNG is a few chunks around a
-# zlib stream: signature, IHDR, IDAT (each row prefixed with filter byte 0), IEND, each chunk with its CRC.
-
-_ANCHORS = np.array([[0, 0, 4], [80, 18, 123], [182, 54, 121], [251, 136, 97], [252, 253, 191]], np.float64)
-
-
-def colormap(values: np.ndarray) -> np.ndarray:
-    """uint8 (h, w) → uint8 RGB (h, w, 3) on a magma-like ramp (dark = quiet, light = loud)."""
-    x = values.astype(np.float64) / 255.0 * (len(_ANCHORS) - 1)
-    at = np.arange(len(_ANCHORS))
-    return np.stack([np.interp(x, at, _ANCHORS[:, c]) for c in range(3)], axis=-1).round().astype(np.uint8)
-
-
-def png_bytes(rgb: np.ndarray) -> bytes:
-    """A uint8 RGB image (height, width, 3) as the bytes of a PNG file."""
-    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3 or 0 in rgb.shape:
-        raise ValueError(f"expected a non-empty uint8 (height, width, 3) image, got {rgb.dtype} {rgb.shape}")
-    height, width, _ = rgb.shape
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    rows = np.concatenate((np.zeros((height, 1), np.uint8), rgb.reshape(height, width * 3)), axis=1)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + chunk(b"IEND", b""))
-
-
-def log_mel_png(samples: np.ndarray, params: FeatureParams) -> bytes:
-    """The clip's log-mel (the model's own features) as a PNG: time left to right, low bands at the bottom,
-    the top 80 dB of the clip's range mapped onto the colour ramp."""
-    frames = log_mel(samples, params)
-    if len(frames) == 0:
-        frames = np.zeros((1, params.n_mels), np.float32)
-    hi = float(frames.max())
-    lo = max(float(np.percentile(frames, 1)), hi - 80.0)  # log-mel is in dB (10·log10 of the mel power)
-    scaled = np.clip((frames - lo) / max(hi - lo, 1e-6), 0, 1) * 255
-    return png_bytes(colormap(scaled.T[::-1].astype(np.uint8)))
