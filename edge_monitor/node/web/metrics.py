@@ -30,7 +30,7 @@ class NodeCollector:
                                   "decision window) of the last decision", labels=labels)
         threshold = GaugeMetricFamily("edge_monitor_threshold", "Decision threshold in use", labels=labels)
         state = GaugeMetricFamily("edge_monitor_state", "1 for the monitor's current state", labels=["monitor", "state"])
-        level = GaugeMetricFamily("edge_monitor_level_dbfs", "Input level of the last second, dBFS", labels=labels)
+        level = GaugeMetricFamily("edge_monitor_level_dbfs", "Input level of the last second, dBFS (-Inf: digital silence)", labels=labels)
         clip = GaugeMetricFamily("edge_monitor_clip_fraction", "Fraction of clipped samples in the last second",
                                  labels=labels)
         drops = CounterMetricFamily("edge_monitor_dropped_samples", "Audio samples lost before processing",
@@ -47,8 +47,9 @@ class NodeCollector:
                 threshold.add_metric(name, snap["threshold"])
             for s in STATES:
                 state.add_metric([view.name, s], 1.0 if snap["state"] == s else 0.0)
-            if snap["level_dbfs"] is not None:
-                level.add_metric(name, snap["level_dbfs"])
+            level_dbfs = view.monitor.health.level_dbfs  # -inf for digital silence: Prometheus takes it
+            if level_dbfs == level_dbfs:
+                level.add_metric(name, level_dbfs)
             if snap["clip_fraction"] is not None:
                 clip.add_metric(name, snap["clip_fraction"])
             drops.add_metric(name, snap["drops"])

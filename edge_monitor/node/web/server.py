@@ -9,7 +9,8 @@ dependency of the node for ten routes. The server reads only what ``live.LiveVie
 Security: the routes are a fixed table; static files are read once at start from the package into
 memory; an evidence clip is found only by looking up a known anomaly id (16 hex digits) with
 ``node.labels.find_evidence``; no part of a request path is ever joined to a folder. With a token
-(``http.token_file``) every request but ``/healthz`` needs it (``Authorization: Bearer`` or ``?token=``),
+(``http.token_file``) every request but ``/healthz`` and the packaged page itself (``/``, ``/static/*``:
+no node data in them) needs it (``Authorization: Bearer`` or ``?token=``),
 and a POST must also come from the page's own origin.
 """
 
@@ -286,6 +287,9 @@ class WebServer:
             ok = self.healthy()
             return (200, b"ok\n", "text/plain", None) if ok else (503, b"not healthy: a monitor is stalled\n",
                                                                   "text/plain", None)
+        if path in self.files and method in ("GET", "HEAD"):  # the packaged page: no node data, no token
+            data, kind = self.files[path]
+            return 200, data, kind, None
         if not self._authorised(request):
             return _json(401, {"error": "a token is needed: add ?token=... or an Authorization: Bearer header"})
         if method == "POST":
@@ -294,9 +298,6 @@ class WebServer:
             return self._label(request)
         if method not in ("GET", "HEAD"):
             return _json(405, {"error": f"{method} is not served"})
-        if path in self.files:
-            data, kind = self.files[path]
-            return 200, data, kind, None
         if path == "/metrics":
             from edge_monitor.node.web.metrics import exposition
 
