@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 BINARY = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -38,9 +38,11 @@ class Chromium:
                 "--disable-gpu", "--mute-audio", "--autoplay-policy=no-user-gesture-required", "about:blank"]
         if os.geteuid() == 0:
             args.insert(1, "--no-sandbox")   # chromium refuses to run as root with its sandbox
+        # chromium wants the pipe on fds 3 and 4 exactly: let sh move them there (no preexec_fn with threads)
+        close = " ".join(f"{fd}<&-" for fd in (cmd_r, out_w) if fd not in (3, 4))
         self._proc = subprocess.Popen(
-            args, pass_fds=(3, 4), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            preexec_fn=lambda: (os.dup2(cmd_r, 3), os.dup2(out_w, 4)) and None)
+            ["sh", "-c", f'exec "$@" 3<&{cmd_r} 4>&{out_w} {close}', "sh", *args],
+            pass_fds=(cmd_r, out_w), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         os.close(cmd_r)
         os.close(out_w)
         self._w, self._r = cmd_w, out_r
@@ -137,7 +139,7 @@ class Chromium:
                 pass
         shutil.rmtree(self._profile, ignore_errors=True)
 
-    def __enter__(self) -> Chromium:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
