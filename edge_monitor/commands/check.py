@@ -88,6 +88,16 @@ def run(args: argparse.Namespace) -> int:
             print(f"  note: {parent} is not writable by this user (the service's user needs to write it)")
     else:
         print("mqtt: disabled (events go to the log and events_jsonl only)")
+    http = settings.http
+    if http.enabled:
+        from edge_monitor.node.web.server import read_token
+
+        if http.token_file:
+            read_token(http.token_file)  # missing, empty, short or readable by others: exit 2 here, not at run
+        print(f"http: the node's page on http://{http.bind}:{http.port}/ "
+              + ("(token from " + http.token_file + ")" if http.token_file else "(loopback only, no token)"))
+    else:
+        print("http: off (http.enabled: false)")
     if settings.events_jsonl:
         NodeSink(jsonl=settings.events_jsonl).close()  # what run opens: a folder or an unwritable path fails here
         print(f"events also appended to {settings.events_jsonl}")

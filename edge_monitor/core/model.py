@@ -14,6 +14,7 @@ import hashlib
 import importlib
 import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,6 +211,8 @@ class WindowScorer:
             raise BundleError(f"{model_path}: the TFLite interpreter ({self.backend}) cannot load it: {exc}") from None
         self.use_float = use_float
         self.batch_size = batch_size
+        self.invokes = 0              # interpreter calls so far and the time they took (the node's /metrics)
+        self.invoke_seconds = 0.0
         inp = self._interp.get_input_details()
         outp = self._interp.get_output_details()
         manifest = bundle.manifest
@@ -277,7 +280,10 @@ class WindowScorer:
                 quantize(x, self.bundle.input_quant, out=self._q[:n])
             self._q[n:] = 0
             self._interp.set_tensor(self._in["index"], self._q)
+            began = time.perf_counter()
             self._interp.invoke()
+            self.invoke_seconds += time.perf_counter() - began
+            self.invokes += 1
             y = self._interp.get_tensor(self._out["index"])[:n]
             if not self.use_float:
                 y = dequantize(y, self.bundle.output_quant)

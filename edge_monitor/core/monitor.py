@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -70,6 +71,8 @@ class Monitor:
         self.position = 0           # samples of the stream so far, dropped ones included
         self._errors: list[np.ndarray] | None = [] if keep_errors else None
         self._judged: list[np.ndarray] = []  # with keep_errors: which of those windows reached the detector
+        # called with each block's new log-mel frames (the node's page: node/web/live.py); must only copy them
+        self.observer: Callable[[np.ndarray], None] | None = None
 
     # --- the stream ---------------------------------------------------------------------------
     def process(self, block: np.ndarray, dropped: int = 0) -> list[Event]:
@@ -85,6 +88,8 @@ class Monitor:
         frames = self.features.push_view(block)  # consumed below (copied into the history) before the next push
         self.position = end
         self.health.frames(frames)
+        if self.observer is not None and len(frames):
+            self.observer(frames)
         events += self._suspension(end / sr)
         if not len(frames):
             return events

@@ -211,6 +211,8 @@ class Daemon:
         self.publisher = None
         self.sink: NodeSink | None = None
         self.evidence: EvidenceWriter | None = None  # one writer thread for the node's life (a reload keeps it)
+        self.live = None    # node.web.live.LiveView when http.enabled: what the page and /metrics show
+        self.web = None     # node.web.server.WebServer
         self.bundles: dict[str, Bundle] = {}
         self.groups: dict[str, DeviceGroup] = {}
         self.captures: dict[str, object] = {}
@@ -244,6 +246,7 @@ class Daemon:
                                         {m.name for m in self.settings.monitors})
         self._start_publisher()
         try:
+            self._start_web()
             for key, group in self.groups.items():
                 self._start_group(key, group, monitors)
         except UserError:
@@ -307,6 +310,22 @@ class Daemon:
             self.evidence = EvidenceWriter(self.settings.state_dir, self.settings.evidence)
             self.evidence.start()
 
+    def _start_web(self) -> None:
+        """The node's page (``http.enabled``): its own thread; the token is read now, a bad one stops the start."""
+        http = self.settings.http
+        if not http.enabled:
+            return
+        from edge_monitor.node.web.live import LiveView
+        from edge_monitor.node.web.server import WebServer, read_token
+
+        token = read_token(http.token_file) if http.token_file else None
+        self.live = LiveView(self)
+        assert self.sink is not None
+        self.sink.listeners.append(self.live.feed)
+        self.web = WebServer(self.live, bind=http.bind, port=http.port, token=token, healthy=self.healthy,
+                             state_dir=self.settings.state_dir)
+        self.web.start()
+
     def _build_monitors(self, settings: Settings, bundles: dict[str, Bundle], groups: dict[str, DeviceGroup],
                         names: set[str]) -> dict[str, Monitor]:
         """Every Monitor in ``names``, complete (interpreter, threshold, state machine), before anything
@@ -344,6 +363,8 @@ class Daemon:
                         self.settings.audio.block_seconds, device_lost=device_lost, lost_message=lost_message,
                         evidence=self.evidence)
         self.runners[name] = runner
+        if self.live is not None:
+            self.live.attach(monitor)
         runner.start()
         log.info("monitor started", monitor=name, model=runner.bundle.name, device=capture.device_name,
                  channel=m.channel, capture_rate=capture.rate, model_rate=runner.model_rate,
@@ -549,4 +570,6 @@ class Daemon:
         for runner in self.runners.values():
             runner.stop(reason, timeout=0.5)
         self._close_sink()
+        if self.web is not None:
+            self.web.stop()
         log.info("stopped", reason=reason)

@@ -157,6 +157,38 @@ class HomeAssistantSettings(Validated):
 
 
 @dataclass(frozen=True)
+class HttpSettings(Validated):
+    """The node's page, ``/metrics`` and ``/healthz`` (``node/web/``), served by ``edge-monitor run``.
+
+    Off by default. Anything but a loopback ``bind`` needs ``token_file``: a file (mode 0600, outside
+    config.yaml) holding the token every request must carry; ``check`` refuses the config otherwise."""
+
+    enabled: bool = setting(False, boolean)
+    bind: str = setting("127.0.0.1", text(r"[0-9A-Za-z.:\-]+", "an IP address or host name to listen on",
+                                          max_length=253))
+    port: int = setting(8470, number(1, 65535, integer=True))
+    token_file: str | None = setting(None, path(null=True))
+
+    def _check_fields(self, at: At) -> None:
+        if self.enabled and self.token_file is None and not is_loopback(self.bind):
+            raise at.key("token_file").fail(
+                f"bind {self.bind} reaches beyond this machine: set http.token_file to a file (mode 0600) holding "
+                "a token, or bind 127.0.0.1 and use an SSH tunnel", None)
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
 class Settings(Validated):
     node: str = setting(check=name)
     monitors: tuple[MonitorSettings, ...] = setting(items=MonitorSettings)
@@ -169,6 +201,7 @@ class Settings(Validated):
     logging: LoggingSettings = setting(factory=LoggingSettings, section=LoggingSettings)
     sparkplug: SparkplugSettings = setting(factory=SparkplugSettings, section=SparkplugSettings)  # SCADA (issue 12)
     homeassistant: HomeAssistantSettings = setting(factory=HomeAssistantSettings, section=HomeAssistantSettings)
+    http: HttpSettings = setting(factory=HttpSettings, section=HttpSettings)  # the node's page (issue 11)
     source: str | None = None            # the file these settings were read from (not a config key)
 
     def _check_fields(self, at: At) -> None:

@@ -23,6 +23,7 @@ class NodeSink:
         self.publisher = publisher
         self.log_events = log_events
         self.scada = list(scada or [])
+        self.listeners: list = []  # sinks a reload does not replace (the page's event feed): events only
         self.jsonl = JsonlWriter(jsonl) if jsonl else None
         self.jsonl_lost = 0                    # events the JSON-lines file could not take (disk full, …)
         self.jsonl_failing: str | None = None  # the current reason, logged once per change
@@ -48,6 +49,8 @@ class NodeSink:
             scada = self.scada
         for sink in scada:
             sink.event(event)
+        for listener in self.listeners:
+            listener.event(event)
 
     def state(self, monitor: str, state: str, score: float | None, threshold: float) -> None:
         if self.log_events:
