@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,10 +39,13 @@ class Chromium:
                 "--disable-gpu", "--mute-audio", "--autoplay-policy=no-user-gesture-required", "about:blank"]
         if os.geteuid() == 0:
             args.insert(1, "--no-sandbox")   # chromium refuses to run as root with its sandbox
-        # chromium wants the pipe on fds 3 and 4 exactly: let sh move them there (no preexec_fn with threads)
-        close = " ".join(f"{fd}<&-" for fd in (cmd_r, out_w) if fd not in (3, 4))
+        # chromium wants the pipe on fds 3 and 4 exactly: a tiny python trampoline moves them there (dash
+        # cannot redirect fds above 9, and preexec_fn is unsafe while the test's threads run)
+        hop = ("import os, sys; r, w = int(sys.argv[1]), int(sys.argv[2]); os.dup2(r, 100); os.dup2(w, 101); "
+               "os.dup2(100, 3); os.dup2(101, 4); [os.close(f) for f in {r, w, 100, 101} - {3, 4}]; "
+               "os.set_inheritable(3, True); os.set_inheritable(4, True); os.execv(sys.argv[3], sys.argv[3:])")
         self._proc = subprocess.Popen(
-            ["sh", "-c", f'exec "$@" 3<&{cmd_r} 4>&{out_w} {close}', "sh", *args],
+            [sys.executable, "-c", hop, str(cmd_r), str(out_w), *args],
             pass_fds=(cmd_r, out_w), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         os.close(cmd_r)
         os.close(out_w)
