@@ -120,9 +120,14 @@ class Chromium:
                 if e["method"] == "Runtime.exceptionThrown"
                 or (e["method"] == "Runtime.consoleAPICalled" and e["params"].get("type") == "error")]
 
-    def screenshot(self, path: str | Path) -> int:
-        """A PNG of the viewport written to path; its size in bytes."""
-        data = base64.b64decode(self.call("Page.captureScreenshot", {"format": "png"})["data"])
+    def screenshot(self, path: str | Path, height: int | None = None, scale: float = 1.0) -> int:
+        """A PNG of the viewport (or of the page's top ``height`` px, scaled) written to path; its bytes."""
+        params: dict[str, Any] = {"format": "png"}
+        if height is not None:
+            width = self.evaluate("document.documentElement.clientWidth")
+            params.update(captureBeyondViewport=True, clip={"x": 0, "y": 0, "width": width, "height": height,
+                                                             "scale": scale})
+        data = base64.b64decode(self.call("Page.captureScreenshot", params)["data"])
         Path(path).write_bytes(data)
         return len(data)
 

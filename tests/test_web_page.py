@@ -82,8 +82,8 @@ def test_page_shows_live_monitor_and_an_anomaly_with_its_clip_and_label(node_fac
         browser.wait_for(f"document.querySelector('{row} .label').dataset.label === 'anomaly'", 10)
         sidecar = Path(end["evidence"]["file"]).with_suffix(".json")
         assert json.loads(sidecar.read_text())["label"] == "anomaly"
-        browser.evaluate(f"document.querySelector('{row}').scrollIntoView({{block: 'center'}})")
-        browser.screenshot(os.environ.get("EM_PAGE_SCREENSHOT") or tmp_path / "page-anomaly.png")  # docs/page.png
+        # docs/page.png: the card and the labelled anomaly, the page's top 1300 px at 0.75
+        browser.screenshot(os.environ.get("EM_PAGE_SCREENSHOT") or tmp_path / "page-anomaly.png", 1300, 0.75)
         assert browser.console_errors() == [], browser.console_errors()
     assert "processing thread died" not in node.output()
     print(f"test cost: {time.monotonic() - started:.1f} s")
