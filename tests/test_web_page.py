@@ -85,5 +85,12 @@ def test_page_shows_live_monitor_and_an_anomaly_with_its_clip_and_label(node_fac
         # docs/page.png: the card and the labelled anomaly, the page's top 1300 px at 0.75
         browser.screenshot(os.environ.get("EM_PAGE_SCREENSHOT") or tmp_path / "page-anomaly.png", 1300, 0.75)
         assert browser.console_errors() == [], browser.console_errors()
+        # the polling fallback: a browser without EventSource polls /api/state, /api/events, /api/spectrum
+        browser.call("Page.addScriptToEvaluateOnNewDocument", {"source": "delete window.EventSource;"})
+        browser.navigate(f"{base}/?token={TOKEN}" if TOKEN else f"{base}/")
+        browser.wait_for("document.getElementById('link').textContent === 'live (polling)'", 10)
+        browser.wait_for(f"document.querySelector('{row} .label').dataset.label === 'anomaly'", 10)
+        browser.wait_for(f"{VARIANCE % '.card canvas.spec'} > 1", 15)
+        browser.wait_for(f"{VARIANCE % '.card .chart canvas'} > 1", 5)
     assert "processing thread died" not in node.output()
     print(f"test cost: {time.monotonic() - started:.1f} s")
