@@ -60,7 +60,7 @@
       spec, meter, level, health);
     document.getElementById("monitors").append(c);
     const data = [[], [], []];
-    const opts = {width: 300, height: 150, legend: {show: true}, cursor: {show: false},
+    const opts = {width: 300, height: 150, legend: {show: true, live: false}, cursor: {show: false},
       scales: {x: {time: true}}, axes: [{}, {size: 40}],
       series: [{}, {label: "score", stroke: "#1565c0", width: 1.5},
         {label: "threshold", stroke: "#c62828", width: 1.5, dash: [6, 4]}]};
@@ -160,7 +160,8 @@
   function describe(e) {
     const a = e.anomaly || {};
     const bands = e.explanation && e.explanation.bands && e.explanation.bands.length ?
-      " · loudest change " + e.explanation.bands.map(b => Math.round(b.low_hz) + "–" + Math.round(b.high_hz) + " Hz").join(", ") : "";
+      " · loudest change " + e.explanation.bands.map(b => Math.round(b.hz[0]) + "–" + Math.round(b.hz[1]) + " Hz (" +
+        Math.round(100 * b.share) + " %)").join(", ") : "";
     switch (e.type) {
       case "anomaly_start": return "Anomaly started: score " + fmt(e.score) + " over threshold " + fmt(e.threshold) + bands;
       case "anomaly_update": return "Anomaly continues: " + fmt(a.duration_s, 1) + " s, peak score " + fmt(a.peak_score) + bands;
