@@ -18,8 +18,7 @@ from test_daemon import clips, node_factory  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.skipif(BINARY is None, reason="chromium is not installed (tests/setup.sh installs it)")
 
-# None until the server serves the page's /static/ assets to a page opened with ?token= (see the report)
-TOKEN: str | None = None
+TOKEN: str | None = "page-test-token-0123456789abcdef"  # the page carries it on every URL it builds
 
 # pixel variance of a canvas: 0 for a blank (or single-colour) one
 VARIANCE = """(() => { const c = document.querySelector(%r); if (!c) return -1;
