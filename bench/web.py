@@ -19,21 +19,21 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-import argparse  # noqa: E402
-import http.client  # noqa: E402
-import socket  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
+import argparse
+import http.client
+import socket
+import statistics
+import tempfile
+import threading
+import time
 
-import daemon as harness  # noqa: E402  (bench/daemon.py)
-import numpy as np  # noqa: E402
-from mqtt_helpers import Broker, free_port  # noqa: E402
-from pulse import PulseServer  # noqa: E402
+import daemon as harness
+import numpy as np
+from mqtt_helpers import Broker, free_port
+from pulse import PulseServer
 
-from edge_monitor.core.wav import write_wav  # noqa: E402
-from training.synth import synth_clip  # noqa: E402
+from edge_monitor.core.wav import write_wav
+from training.synth import synth_clip
 
 ROUTES = ("/healthz", "/api/state", "/api/events", "/api/spectrum?monitor=fan-0&since=0", "/metrics", "/")
 
