@@ -6,6 +6,7 @@ private mosquitto, ``edge-monitor run`` as a subprocess reading the sink's monit
                            [--python-cmd CMD] [--bundle DIR] [--start-timeout S]
                            [--pythonpath TREE --module edge_monitor.cli]   # another tree, for before/after
                            [--evidence on|off|both]   # evidence recording (node/evidence.py) on, off, or each
+                           [--http off,on,poll,stream,idle200]   # the node's page server (node/web/), each in turn
 
 ``--python-cmd`` runs the daemon with another interpreter, e.g. the arm64 stage's wrapper into its
 emulated root file system (``tests/arm64.sh``); the process must keep the PID of the command (exec).
@@ -18,6 +19,12 @@ code cache): those mappings are told apart by address and name (see :func:`qemu_
 2. Latency: a clip whose bearing fault starts at 8 s is played into the sink; from the fault's onset
    (playback start + 8 s) to the MQTT ``anomaly_start`` at a subscriber; also the CPU of the processing
    thread and of the whole daemon over these runs (each anomaly writes an evidence clip when evidence is on).
+   With the page server on, also from the onset to the anomaly_start row on ``/api/events`` (polled every 50 ms).
+
+``--http``: ``off`` no server; ``on`` the server with the page closed; ``poll`` one client polling like
+the page's fallback (``/api/state`` each second, ``/api/spectrum`` four times a second); ``stream`` one SSE
+client on ``/api/stream``; ``idle200`` 200 connections held open and reopened as the server closes them
+(64 at most are accepted; a head must come within 10 s). The server's own thread is ``em-web``.
 """
 
 from __future__ import annotations
@@ -29,20 +36,25 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
+import argparse
+import json
+import socket
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+from typing import Self
 
-import numpy as np  # noqa: E402
-from memory_floor import qemu_split  # noqa: E402
-from mqtt_helpers import Broker, Subscriber  # noqa: E402
-from pulse import PulseServer  # noqa: E402
+import numpy as np
+from memory_floor import qemu_split
+from mqtt_helpers import Broker, Subscriber, free_port
+from pulse import PulseServer
 
-from edge_monitor import DEMO_DIR  # noqa: E402
-from edge_monitor.core.wav import write_wav  # noqa: E402
-from training.synth import synth_clip  # noqa: E402
+from edge_monitor import DEMO_DIR
+from edge_monitor.core.wav import write_wav
+from training.synth import synth_clip
 
 BUNDLE = DEMO_DIR / "fan-id_00"
 SR = 16000
@@ -67,7 +79,7 @@ def thread_cpu(pid: int) -> dict[str, float]:
             continue
         name = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat.rsplit(")", 1)[1].split()
-        key = name if name.startswith("em:") else "other"
+        key = name if name.startswith("em:") else "em-web" if name == "em-web" else "other"
         result[key] = result.get(key, 0.0) + (int(fields[11]) + int(fields[12])) / TICK
     return result
 
@@ -84,7 +96,8 @@ def memory_mb(pid: int) -> dict[str, float]:
     return values
 
 
-OPTIONS = {"module": "edge_monitor", "pythonpath": None, "mqtt": True, "evidence": "on"}
+OPTIONS = {"module": "edge_monitor", "pythonpath": None, "mqtt": True, "evidence": "on", "http": "off",
+           "http_port": 0}
 
 
 def write_config(root: Path, monitors: int, port: int) -> Path:
@@ -95,8 +108,89 @@ def write_config(root: Path, monitors: int, port: int) -> Path:
                       f"  host: 127.0.0.1\n  port: {port}\n  telemetry_seconds: 10\n  outbox:\n"
                       f"    path: {root / f'outbox{monitors}.sqlite'}\nlogging:\n  format: json\n"
                       + (f"state_dir: {root / 'state'}\nevidence:\n  enabled: {str(OPTIONS['evidence'] == 'on').lower()}\n"
-                         if OPTIONS["evidence"] != "absent" else ""))
+                         if OPTIONS["evidence"] != "absent" else "")
+                      + (f"http:\n  enabled: true\n  port: {OPTIONS['http_port']}\n" if OPTIONS["http"] != "off" else ""))
     return config
+
+
+class Load:
+    """What ``--http`` puts on the page server while the CPU is measured (a thread of this process)."""
+
+    def __init__(self, mode: str, port: int, monitor: str = "fan-0"):
+        self.mode, self.port, self.monitor = mode, port, monitor
+        self.stop = threading.Event()
+        self.requests = 0
+        self.received = 0  # bytes (stream)
+        self.reopened = 0  # connections (idle200)
+        self.thread = threading.Thread(target=getattr(self, f"_{mode}", self._nothing), daemon=True)
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+    def _get(self, path: str) -> bytes:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
+            self.requests += 1
+            return r.read()
+
+    def _nothing(self) -> None:
+        pass
+
+    def _poll(self) -> None:
+        frame, tick = 0, 0
+        while not self.stop.wait(0.25):
+            if tick % 4 == 0:
+                self._get("/api/state")
+            frame = json.loads(self._get(f"/api/spectrum?monitor={self.monitor}&since={frame}"))["frame"]
+            tick += 1
+
+    def _stream(self) -> None:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+            s.sendall(b"GET /api/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            while not self.stop.is_set():
+                try:
+                    chunk = s.recv(65536)
+                except TimeoutError:
+                    continue
+                if not chunk:
+                    return
+                self.received += len(chunk)
+
+    def _idle200(self) -> None:
+        idle: list[socket.socket] = []
+        while not self.stop.is_set():
+            alive = []
+            for s in idle:
+                try:
+                    gone = s.recv(1) == b""
+                except BlockingIOError:
+                    gone = False
+                except OSError:
+                    gone = True
+                if gone:
+                    s.close()
+                else:
+                    alive.append(s)
+            while len(alive) < 200:
+                try:
+                    s = socket.create_connection(("127.0.0.1", self.port), timeout=1)
+                except OSError:
+                    break
+                s.setblocking(False)
+                alive.append(s)
+                self.reopened += 1
+            idle = alive
+            self.stop.wait(1.0)
+        for s in idle:
+            s.close()
+
+    def summary(self) -> str:
+        return {"poll": f"{self.requests} requests", "stream": f"{self.received / 1024:.0f} KB of SSE received",
+                "idle200": f"{self.reopened} connections opened"}.get(self.mode, "")
 
 
 def start_daemon(config: Path, pulse: PulseServer, log: Path) -> subprocess.Popen:
@@ -104,7 +198,7 @@ def start_daemon(config: Path, pulse: PulseServer, log: Path) -> subprocess.Pope
     if OPTIONS["pythonpath"]:
         env["PYTHONPATH"] = OPTIONS["pythonpath"]
     return subprocess.Popen([*PYTHON_CMD, "-m", OPTIONS["module"], "run", "--config", str(config)], env=env,
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT,  # noqa: SIM115
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT,
                             cwd=config.parent)  # not the repository: `-m` would import the tree in the working folder
 
 
@@ -132,10 +226,12 @@ def cost(root: Path, broker: Broker, monitors: int, seconds: float) -> None:
         wait_running(proc, log)
         player = pulse.play(wav, wait=False)
         time.sleep(8)  # warm-up: health settles, first decisions, caches
-        c0, t0, th0 = cpu_seconds(proc.pid), time.monotonic(), thread_cpu(proc.pid)
-        time.sleep(seconds)
-        c1, t1, th1 = cpu_seconds(proc.pid), time.monotonic(), thread_cpu(proc.pid)
-        mem = memory_mb(proc.pid)
+        with Load(OPTIONS["http"], OPTIONS["http_port"]) as load:
+            time.sleep(2)  # the load's connections are up
+            c0, t0, th0 = cpu_seconds(proc.pid), time.monotonic(), thread_cpu(proc.pid)
+            time.sleep(seconds)
+            c1, t1, th1 = cpu_seconds(proc.pid), time.monotonic(), thread_cpu(proc.pid)
+            mem = memory_mb(proc.pid)
         share = (c1 - c0) / (t1 - t0)
         per = {k: (th1[k] - th0.get(k, 0.0)) / (t1 - t0) for k in th1}
         processing = [v for k, v in per.items() if k.startswith("em:")]
@@ -143,7 +239,9 @@ def cost(root: Path, broker: Broker, monitors: int, seconds: float) -> None:
               f"{100 * share / monitors:.2f} % per monitor; processing threads "
               f"{', '.join(f'{100 * v:.2f} %' for v in processing)}; the rest (PortAudio and libpulse "
               f"threads, main loop, MQTT) {100 * per.get('other', 0.0):.2f} %; RSS {mem['VmRSS']:.1f} MB "
-              f"(peak {mem['VmHWM']:.1f} MB), of it private {mem['USS']:.1f} MB")
+              f"(peak {mem['VmHWM']:.1f} MB), of it private {mem['USS']:.1f} MB"
+              + (f"; page server (em-web) {100 * per.get('em-web', 0.0):.2f} % under {OPTIONS['http']} "
+                 f"({load.summary() or 'no client'})" if OPTIONS["http"] != "off" else ""))
         if EMULATED:
             guest, own = qemu_split(proc.pid)
             print(f"  under qemu: the guest's RSS {guest:.1f} MB, qemu's own {own:.1f} MB (translation cache, "
@@ -161,7 +259,7 @@ def latency(root: Path, broker: Broker, runs: int) -> None:
     onset = 8.0
     log = root / "daemon-latency.log"
     proc = start_daemon(write_config(root, 1, broker.port), pulse, log)
-    delays = []
+    delays, page_delays = [], []
     try:
         wait_running(proc, log)
         sub = Subscriber(broker.port, "edge-monitor/bench/#")
@@ -171,14 +269,20 @@ def latency(root: Path, broker: Broker, runs: int) -> None:
             wav = root / f"onset{run}.wav"
             write_wav(wav, synth_clip("fan", 0, onset + 8.0, SR, rng=rng, fault="bearing", severity=0.5,
                                       fault_onset=onset), SR)
-            seen = len(sub.events())
-            started = time.monotonic()
+            seen = len(sub.on("/event"))
+            started = time.perf_counter()  # the subscriber stamps each message with perf_counter
             player = pulse.play(wav, wait=False)
+            if OPTIONS["http"] != "off":  # the page's view: the row on /api/events (polled every 50 ms)
+                page = _events_row(OPTIONS["http_port"], started + onset + 12)
+                if page is not None:
+                    page_delays.append(page - started - onset)
+                print(f"  run {run + 1}: " + (f"anomaly_start on /api/events {page - started - onset:.2f} s after "
+                                              "the onset" if page is not None else "no anomaly_start on /api/events"))
             got = sub.wait_for(lambda ms, seen=seen: any(e["type"] == "anomaly_start" for e in sub.events()[seen:]),
                                onset + 12)
-            received = time.monotonic()
             player.wait()
             if got:
+                received = next(m.at for m in sub.on("/event")[seen:] if m.json()["type"] == "anomaly_start")
                 delays.append(received - started - onset)
             print(f"  run {run + 1}: " + (f"anomaly_start {received - started - onset:.2f} s after the onset"
                                           if got else "no anomaly_start"))
@@ -196,6 +300,25 @@ def latency(root: Path, broker: Broker, runs: int) -> None:
     if delays:
         print(f"latency, fault onset in the sound played → MQTT anomaly_start at the subscriber: median "
               f"{statistics.median(delays):.2f} s, min {min(delays):.2f} s, max {max(delays):.2f} s ({len(delays)}/{runs})")
+    if page_delays:
+        print(f"latency, fault onset → its row on /api/events: median {statistics.median(page_delays):.2f} s, "
+              f"min {min(page_delays):.2f} s, max {max(page_delays):.2f} s ({len(page_delays)}/{runs})")
+
+
+def _events_row(port: int, until: float) -> float | None:
+    """When (perf_counter) an anomaly_start row newer than the ones there now appeared on /api/events."""
+    def rows(since: int) -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/events?since={since}", timeout=5) as r:
+            return json.loads(r.read())
+
+    since = rows(0)["next"]
+    while time.perf_counter() < until:
+        answer = rows(since)
+        if any(r["type"] == "anomaly_start" for r in answer["events"]):
+            return time.perf_counter()
+        since = answer["next"]
+        time.sleep(0.05)
+    return None
 
 
 def main() -> None:
@@ -213,11 +336,17 @@ def main() -> None:
     parser.add_argument("--evidence", choices=("on", "off", "both", "absent"), default="on",
                         help="evidence recording on or off (both: each in turn; absent: no state_dir/evidence keys, "
                              "for trees older than evidence)")
+    parser.add_argument("--http", default="off",
+                        help="page server modes for the cost runs, comma-separated: off, on, poll, stream, idle200 "
+                             "(the latency runs use the first that is not off, if any)")
     parser.add_argument("--emulated", action="store_true", help="the daemon runs under qemu-user: split its RSS")
     args = parser.parse_args()
     OPTIONS.update(module=args.module, pythonpath=args.pythonpath, mqtt=not args.no_mqtt)
     BUNDLE, START_TIMEOUT, EMULATED = args.bundle, args.start_timeout, args.emulated
     PYTHON_CMD = shlex.split(args.python_cmd) if args.python_cmd else [sys.executable]
+    modes = args.http.split(",")
+    if not set(modes) <= {"off", "on", "poll", "stream", "idle200"}:
+        parser.error(f"--http: {args.http}: off, on, poll, stream or idle200, comma-separated")
     for evidence in ("on", "off") if args.evidence == "both" else (args.evidence,):
         OPTIONS["evidence"] = evidence
         print(f"--- evidence {evidence}")
@@ -226,8 +355,13 @@ def main() -> None:
             broker = Broker(root / "broker").start()
             try:
                 for monitors in (int(m) for m in args.monitors.split(",")):
-                    cost(root, broker, monitors, args.seconds)
+                    for mode in modes:
+                        OPTIONS.update(http=mode, http_port=free_port())
+                        if len(modes) > 1:
+                            print(f"  http {mode}:")
+                        cost(root, broker, monitors, args.seconds)
                 if args.latency_runs > 0 and not args.no_mqtt:
+                    OPTIONS.update(http=next((m for m in modes if m != "off"), "off"), http_port=free_port())
                     latency(root, broker, args.latency_runs)
             finally:
                 broker.stop()

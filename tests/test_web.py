@@ -139,10 +139,11 @@ def test_page_api_metrics_evidence_and_label_on_a_running_daemon(node_factory, c
     assert _get(port, "/api/state", token="wrong-token-wrong-token")[0] == 401
     assert _get(port, "/metrics", token=None)[0] == 401
     assert _get(port, f"/api/state?token={TOKEN}", token=None)[0] == 200
-    status, headers, page = _get(port, "/", token=None)  # the page and its assets hold no node data: no token
+    assert _get(port, "/", token=None)[0] == 401  # read-only pages need the token too
+    status, headers, page = _get(port, "/")
     assert status == 200 and b"<html" in page.lower() and headers["content-type"].startswith("text/html")
     for asset in ("/static/app.js", "/static/style.css", "/static/vendor/uPlot.iife.min.js"):
-        assert _get(port, asset, token=None)[0] == 200, asset
+        assert _get(port, asset)[0] == 200, asset
     state = json.loads(_get(port, "/api/state")[2])
     assert state["node"] == "e2e" and [m["name"] for m in state["monitors"]] == ["fan-1"]
     assert state["mqtt"]["enabled"] is True

@@ -9,8 +9,7 @@ dependency of the node for ten routes. The server reads only what ``live.LiveVie
 Security: the routes are a fixed table; static files are read once at start from the package into
 memory; an evidence clip is found only by looking up a known anomaly id (16 hex digits) with
 ``node.labels.find_evidence``; no part of a request path is ever joined to a folder. With a token
-(``http.token_file``) every request but ``/healthz`` and the packaged page itself (``/``, ``/static/*``:
-no node data in them) needs it (``Authorization: Bearer`` or ``?token=``),
+(``http.token_file``) every request but ``/healthz`` needs it (``Authorization: Bearer`` or ``?token=``),
 and a POST must also come from the page's own origin.
 """
 
@@ -18,15 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import math
+import html
 import json
+import math
 import re
 import threading
 import time
 from email.utils import formatdate
 from importlib import resources
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import structlog
 
@@ -110,6 +110,8 @@ class WebServer:
         self.healthy = healthy            # () -> bool: would the watchdog ping now
         self.state_dir = Path(state_dir)
         self.files = _static_files()
+        # the page's own <script src>/<link href> cannot know the token: it is written into them here
+        self._page = _with_token(self.files["/"][0], token) if token is not None else b""
         self.connections = 0
         self.refused = 0                  # connections closed at once (too many)
         self.streams: set[asyncio.Queue] = set()
@@ -139,6 +141,9 @@ class WebServer:
             self._thread.join(3)
 
     def _run(self) -> None:
+        from edge_monitor.node.daemon import _name_thread
+
+        _name_thread("em-web")  # top -H, bench/daemon.py: the server's CPU apart from the processing threads
         loop = self._loop = asyncio.new_event_loop()
         try:
             self._server = loop.run_until_complete(
@@ -287,9 +292,6 @@ class WebServer:
             ok = self.healthy()
             return (200, b"ok\n", "text/plain", None) if ok else (503, b"not healthy: a monitor is stalled\n",
                                                                   "text/plain", None)
-        if path in self.files and method in ("GET", "HEAD"):  # the packaged page: no node data, no token
-            data, kind = self.files[path]
-            return 200, data, kind, None
         if not self._authorised(request):
             return _json(401, {"error": "a token is needed: add ?token=... or an Authorization: Bearer header"})
         if method == "POST":
@@ -298,6 +300,11 @@ class WebServer:
             return self._label(request)
         if method not in ("GET", "HEAD"):
             return _json(405, {"error": f"{method} is not served"})
+        if path in self.files:
+            data, kind = self.files[path]
+            if path == "/" and self.token is not None:
+                data = self._page
+            return 200, data, kind, None
         if path == "/metrics":
             from edge_monitor.node.web.metrics import exposition
 
@@ -402,6 +409,12 @@ class WebServer:
                     return
         finally:
             self.streams.discard(queue)
+
+
+def _with_token(page: bytes, token: str) -> bytes:
+    """``page`` with ``?token=`` added to each ``src="/static/…"`` / ``href="/static/…"`` (URL- and HTML-escaped)."""
+    query = html.escape("?token=" + quote(token, safe=""), quote=True)
+    return re.sub(rb'((?:src|href)="/static/[^"?#]+)"', lambda m: m[1] + query.encode() + b'"', page)
 
 
 def _json(status: int, data: dict) -> tuple[int, bytes, str, dict | None]:
