@@ -24,8 +24,10 @@
 # cortex-a78 = Jetson).
 #
 # Knobs: ARM64_CACHE, ARM64_CPU, ARM64_TFLITE=0 (skip the tflite-runtime run), ARM64_HOST_PYTHON (the
-# native interpreter with edge-monitor importable; default .venv/bin/python), EDGE_MONITOR_MIMII,
-# MIRROR (default: the host's Debian mirror).
+# native interpreter with LiteRT; default .venv/bin/python), ARM64_HOST_TFLITE_PYTHON (the native one with
+# tflite-runtime, for the x86 tflite-runtime reference; default .venv-tflite/bin/python), EDGE_MONITOR_MIMII,
+# MIRROR (default: the host's Debian mirror). The native runs import this tree (PYTHONPATH), whatever
+# edge-monitor their venv has installed; inside the rootfs the installed wheel is imported, never the tree.
 # Skips with one line (exit 0) only where the machine cannot emulate arm64 (not x86_64, not root, no
 # binfmt_misc). Exit status: 0 passed or skipped, 1 a test or step failed.
 set -euo pipefail
@@ -59,8 +61,13 @@ CACHE=${ARM64_CACHE:-/var/cache/edge-monitor/arm64}
 CPU=${ARM64_CPU:-cortex-a72}
 SUITE=bookworm
 HOSTPY=${ARM64_HOST_PYTHON:-$SRC/.venv/bin/python}
+HOSTTFL=${ARM64_HOST_TFLITE_PYTHON:-$SRC/.venv-tflite/bin/python}
 MIMII=${EDGE_MONITOR_MIMII:-$SRC/../shared/data}
 [ -x "$HOSTPY" ] || { echo "arm64 stage: $HOSTPY not found (run tests/run.sh first or set ARM64_HOST_PYTHON)" >&2; exit 1; }
+if [ "${ARM64_TFLITE:-1}" = 1 ] && [ ! -x "$HOSTTFL" ]; then
+  echo "arm64 stage: $HOSTTFL not found: the x86 tflite-runtime reference needs it (run tests/run.sh first, set ARM64_HOST_TFLITE_PYTHON, or ARM64_TFLITE=0)" >&2; exit 1
+fi
+export PYTHONPATH=$SRC  # the native runs (references, benchmarks) use this tree, not what a venv has installed
 
 step "host tools: qemu-user-static, debootstrap"
 if ! command -v debootstrap >/dev/null || [ ! -x /usr/bin/qemu-aarch64-static ]; then
@@ -160,6 +167,10 @@ for i in $(seq 0 $(( $(nproc) - 1 ))); do
 done
 printf 'Hardware\t: BCM2835\nModel\t\t: Raspberry Pi 4 Model B\n' >>"$RUN/cpuinfo"
 cp /etc/resolv.conf "$ROOTFS/etc/resolv.conf"
+# debootstrap writes no /etc/hosts: without it "localhost" does not resolve in the rootfs (the MQTT tests'
+# mosquitto on loopback)
+grep -qw localhost "$ROOTFS/etc/hosts" 2>/dev/null \
+  || printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"$ROOTFS/etc/hosts"
 cp /etc/ssl/certs/ca-certificates.crt "$ROOTFS/etc/ssl/host-ca.crt"  # behind a TLS-intercepting proxy
 mkdir -p "$ROOTFS/opt/shared-data" "$ROOTFS$SRC"
 # $RUN/enter CMD...: CMD inside the rootfs, in a private mount namespace (nothing leaks to the host),
@@ -192,8 +203,12 @@ enter() { timeout "${TMO:-900}" "$RUN/enter" "$@"; }
 step "inside: $(enter /bin/sh -c 'uname -m; python3 --version; grep -m1 "CPU part" /proc/cpuinfo' | tr '\n' ' ')"
 
 # --- 1. the x86 reference and the wheel, natively ---------------------------------------------
-step "x86 reference replay (native): demo + shared MIMII clips"
+step "x86 reference replay (native, LiteRT): demo + shared MIMII clips"
 "$HOSTPY" tests/arm64_parity.py write "$RUN/reference.json" "$MIMII"
+if [ "${ARM64_TFLITE:-1}" = 1 ]; then
+  step "x86 reference replay (native, tflite-runtime $HOSTTFL): demo + shared MIMII clips"
+  EDGE_MONITOR_TFLITE=tflite_runtime "$HOSTTFL" tests/arm64_parity.py write "$RUN/reference-tflite.json" "$MIMII"
+fi
 step "wheel, built once (native, pure Python)"
 mkdir -p "$RUN/src"
 tar -C "$SRC" --exclude=./.git --exclude='./.venv*' --exclude=./build --exclude=./dist --exclude='*.egg-info' \
@@ -209,7 +224,7 @@ STAGE=$ROOTFS/opt/stage
 rm -rf "$STAGE"; mkdir -p "$STAGE/dist"
 cp -R deploy systemd tests bench config.yaml pyproject.toml "$STAGE/"
 cp "$WHEEL" "$STAGE/dist/"
-cp "$RUN/reference.json" "$STAGE/reference.json"
+cp "$RUN"/reference*.json "$STAGE/"
 # the venvs are part of the cache: keyed on the requirements; a key that does not match (other
 # requirements, or a run that stopped half-way) wipes them
 TEST_REQS="pytest"  # not librosa: its numba JIT takes many minutes under emulation (test_features skips only its librosa comparisons)
@@ -256,20 +271,23 @@ FILES=""
 for t in $NODE_TESTS; do
   if [ -f "$STAGE/tests/$t.py" ]; then FILES="$FILES tests/$t.py"; else echo "note: tests/$t.py does not exist (any more)"; fi
 done
-export EDGE_MONITOR_PARITY_REFERENCE=/opt/stage/reference.json EDGE_MONITOR_PARITY_DATA=/opt/shared-data
+export EDGE_MONITOR_PARITY_DATA=/opt/shared-data
 export EDGE_MONITOR_MIMII=/opt/shared-data/mimii-fan-id00 TMPDIR=$RUN/tmp
 run_tests() {  # run_tests LABEL PYTHON [ENV=VALUE...]
   local label=$1 py=$2; shift 2
   step "pytest under arm64, $label:$FILES"
+  # what the tests import from /opt/stage: the installed wheel (site-packages), not a tree
+  enter /usr/bin/env "$@" /bin/sh -c "cd /opt/stage && $py -c 'import edge_monitor, sys; print(\"edge_monitor from\", edge_monitor.__file__); sys.exit(\"site-packages\" not in edge_monitor.__file__)'" \
+    || fail "$label: edge_monitor is not imported from the installed wheel"
   if ! TMO=1800 enter /usr/bin/env "$@" /bin/sh -c "cd /opt/stage && $py -m pytest -p no:cacheprovider -q -rfEs $FILES" 2>&1 | tee "$RUN/pytest-$label.log"; then
     fail "pytest ($label)"
   fi
   grep -E "largest relative clip-score difference" "$RUN/pytest-$label.log" || true
 }
-parity_figures() {  # parity_figures LABEL: clip-score differences and replay CPU against the x86 run
+parity_figures() {  # parity_figures LABEL REFERENCE: clip-score differences and replay CPU against the x86 run
   local out=$RUN/tmp/parity-$1.json
   [ -f "$out" ] || { fail "parity test ($1) wrote no summary"; return; }
-  "$HOSTPY" - "$RUN/reference.json" "$out" "$1" <<'PY'
+  "$HOSTPY" - "$2" "$out" "$1" <<'PY'
 import json, sys
 sys.path.insert(0, "tests")
 from arm64_parity import compare, max_relative_difference
@@ -281,12 +299,15 @@ print(f"PARITY {sys.argv[3]}: {len(ref['files'])} clips, x86 vs arm64 ({got['pyt
 PY
 }
 
-EDGE_MONITOR_PARITY_OUT=/tmp/$(basename "$RUN")/tmp/parity-litert.json run_tests litert $VENV/bin/python
-parity_figures litert
+# each interpreter's arm64 replay against the same interpreter's x86 replay
+EDGE_MONITOR_PARITY_OUT=/tmp/$(basename "$RUN")/tmp/parity-litert.json \
+  EDGE_MONITOR_PARITY_REFERENCE=/opt/stage/reference.json run_tests litert $VENV/bin/python
+parity_figures litert "$RUN/reference.json"
 if [ "${ARM64_TFLITE:-1}" = 1 ]; then
   EDGE_MONITOR_PARITY_OUT=/tmp/$(basename "$RUN")/tmp/parity-tflite.json \
+    EDGE_MONITOR_PARITY_REFERENCE=/opt/stage/reference-tflite.json \
     run_tests tflite-runtime /opt/venv-tflite/bin/python EDGE_MONITOR_TFLITE=tflite_runtime
-  parity_figures tflite
+  parity_figures tflite "$RUN/reference-tflite.json"
 fi
 
 # --- 4. figures under emulation, each beside the native one of the same run -----------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -61,6 +62,7 @@ def test_demo_normal_is_quiet_with_exit_0():
     proc = cli("replay", NORMAL)
     assert proc.returncode == 0, proc.stderr
     assert "no anomaly" in proc.stdout and "ANOMALY" not in proc.stdout
+    assert re.search(r"^fan-id_00 scoring: \w+, (batched|single)", proc.stdout, re.MULTILINE), proc.stdout
 
 
 def test_jsonl_to_stdout_keeps_the_summary_on_stderr():
@@ -140,6 +142,9 @@ def test_check_prints_what_would_run():
     assert proc.returncode == 0, proc.stderr
     assert "monitor fan-1: device default channel 0 → fan-id_00" in proc.stdout
     assert "calibrated for 1-s decisions" in proc.stdout
+    # the scorer's self-test, in one line (single on an interpreter whose batches round differently)
+    assert re.search(r"^  scoring: \w+, (batched \(64 windows per call\)|single \(batch differs on this "
+                     r"interpreter\) \(1 window per call instead of 64\)) in replay", proc.stdout, re.MULTILINE), proc.stdout
 
 
 @pytest.mark.parametrize("extra, phrase", [

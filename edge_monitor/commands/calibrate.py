@@ -40,10 +40,10 @@ from edge_monitor.core.detector import (
 from edge_monitor.core.errors import UserError
 from edge_monitor.core.events import Event
 from edge_monitor.core.loop import Loop, WavSource
-from edge_monitor.core.model import Bundle, WindowScorer
-from edge_monitor.core.monitor import REPLAY_BATCH, REPLAY_BLOCK_SECONDS, Monitor
+from edge_monitor.core.model import Bundle
+from edge_monitor.core.monitor import REPLAY_BLOCK_SECONDS, Monitor
 from edge_monitor.core.thresholds import gamma_fit
-from edge_monitor.node.bundles import open_bundles
+from edge_monitor.node.bundles import open_bundles, replay_scorer
 from edge_monitor.node.calibration import (
     Calibration,
     Fit,
@@ -97,7 +97,7 @@ def _from_files(folder: Path, m: MonitorSettings, bundle: Bundle, node: str) -> 
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() == ".wav")
     if not files:
         raise UserError(f"calibrate: --from {folder}: no WAV files in it")
-    scorer = WindowScorer(bundle, batch_size=REPLAY_BATCH)
+    scorer = replay_scorer(bundle, m.name)
     segments, seconds, monitor = [], 0.0, None
     for path in files:
         source = WavSource(path, m.channel, REPLAY_BLOCK_SECONDS)

@@ -14,7 +14,7 @@ import numpy as np
 from edge_monitor.core.detector import decision_threshold
 from edge_monitor.core.errors import UserError
 from edge_monitor.core.machine import limits
-from edge_monitor.node.bundles import open_bundles
+from edge_monitor.node.bundles import open_bundles, replay_scorer, scoring_line
 from edge_monitor.node.calibration import node_calibration
 from edge_monitor.node.config import load
 from edge_monitor.node.sinks import NodeSink
@@ -71,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
                                                if source == "config" and calibration.threshold is not None else ""))
         if calibration.refused:
             print(f"  warning: {calibration.refused}")
+        print(f"  {scoring_line(replay_scorer(b, m.name))} in replay and calibrate --from; live: each window "
+              "as it completes")
     mq = settings.mqtt
     if mq.enabled:
         from edge_monitor.node.mqtt.connection import read_password, ssl_context

@@ -24,9 +24,9 @@ from edge_monitor.core.errors import UserError
 from edge_monitor.core.events import Event
 from edge_monitor.core.loop import Loop, WavSource
 from edge_monitor.core.model import Bundle, WindowScorer
-from edge_monitor.core.monitor import REPLAY_BATCH, REPLAY_BLOCK_SECONDS, Monitor
+from edge_monitor.core.monitor import REPLAY_BLOCK_SECONDS, Monitor
 from edge_monitor.core.wav import parse_channel
-from edge_monitor.node.bundles import open_bundles
+from edge_monitor.node.bundles import open_bundles, replay_scorer, scoring_line
 from edge_monitor.node.settings import AudioSettings, MonitorSettings, Settings
 from edge_monitor.node.sinks import NodeSink
 
@@ -134,7 +134,7 @@ def replay_file(path: Path, settings: Settings, bundles: dict[str, Bundle], *, b
                             f"{m.decision.window_seconds:g} s")
             continue
         if m.name not in scorers:
-            scorers[m.name] = WindowScorer(bundle, batch_size=REPLAY_BATCH)
+            scorers[m.name] = replay_scorer(bundle, m.name)
         monitor = Monitor(m, bundle, node=settings.node, source=source.label, live=False, keep_errors=True,
                           scorer=scorers[m.name], calibration=calibrations.get(m.name))
         result.threshold = monitor.threshold.value
@@ -212,7 +212,10 @@ def run(args: argparse.Namespace) -> int:
     report = _report_dir(args.report) if args.report is not None else None
     out = sys.stderr if args.jsonl == "-" else sys.stdout
     results: list[FileResult] = []
-    scorers: dict[str, WindowScorer] = {}
+    scorers = {m.name: replay_scorer(bundles[m.name], m.name) for m in settings.monitors}
+    if not args.quiet:
+        for m in settings.monitors:
+            print(f"{m.name} {scoring_line(scorers[m.name])}", file=out)
     try:
         for path in args.files:
             file_results = replay_file(path, settings, bundles, block_seconds=block_seconds,

@@ -45,6 +45,9 @@ __all__ = [
     "MANIFEST_FILE",
     "MODEL_FILE",
     "SCORE_DEFINITION",
+    "SCORING_BATCHED",
+    "SCORING_SINGLE",
+    "SELF_TEST_WINDOWS",
     "Bundle",
     "Manifest",
     "Quant",
@@ -61,6 +64,12 @@ BACKENDS: dict[str, str] = {  # name → module whose ``Interpreter`` attribute 
     "tensorflow": "tensorflow",  # tf.lite.Interpreter (the tensorflow.lite module itself lacks it)
 }
 BACKEND_ENV = "EDGE_MONITOR_TFLITE"
+
+SCORING_BATCHED = "batched"
+SCORING_SINGLE = "single (batch differs on this interpreter)"
+SELF_TEST_WINDOWS = 97
+"""Windows of the construction self-test: a full batch of 64, and a remainder of 33 in a padded batch."""
+_SELF_TESTS: dict[tuple, bool] = {}  # (backend, model, batch size, threads) → batched == one at a time, bit for bit
 
 
 def interpreter_backend() -> tuple[str, Callable[..., Any]]:
@@ -196,6 +205,14 @@ class WindowScorer:
     fixed-size batches (the last one padded), and returns one mean squared error per window against
     the score target (the whole window, or its centre frame).
     The daemon, replay and evaluation all score through this class.
+
+    Batched equals one at a time, bit for bit, or the batch is not used: at construction (batch size
+    above 1) a self-test scores ``SELF_TEST_WINDOWS`` fixed windows (seeded, from the bundle's mean and
+    std) in batches and one per call. Some interpreter builds round a window differently in a batch
+    than alone (tflite-runtime 2.14's aarch64 int8 kernels do): then this scorer calls the interpreter
+    with one window at a time (exact, slower). ``mode`` says which (``SCORING_BATCHED`` or
+    ``SCORING_SINGLE``); ``batch_size`` is the size in use, ``requested_batch_size`` the one asked for.
+    The result is kept per process for the same backend, model file, batch size and thread count.
     """
 
     def __init__(self, bundle: Bundle, *, batch_size: int = 64, use_float: bool = False, num_threads: int = 1):
@@ -210,7 +227,7 @@ class WindowScorer:
         except (ValueError, RuntimeError) as exc:
             raise BundleError(f"{model_path}: the TFLite interpreter ({self.backend}) cannot load it: {exc}") from None
         self.use_float = use_float
-        self.batch_size = batch_size
+        self.requested_batch_size = batch_size
         self.invokes = 0              # interpreter calls so far and the time they took (the node's /metrics)
         self.invoke_seconds = 0.0
         inp = self._interp.get_input_details()
@@ -240,17 +257,57 @@ class WindowScorer:
                     f"{where}: field 'quantization.{side}' says scale {expected.scale:.6g} zero point "
                     f"{expected.zero_point}, the model has {scale:.6g} and {zero_point}; re-export the bundle"
                 )
-        self._interp.resize_tensor_input(self._in["index"], [batch_size, sizes["input"]])
-        with quiet_native_log():  # LiteRT creates its XNNPACK delegate here, and says so on fd 2
-            self._interp.allocate_tensors()
+        self._sizes = sizes
         self._whole = manifest.score.target == "window"  # the model reads and reproduces the whole window
         self._input_dims = manifest.score.input_dims(params)
         self._target_dims = manifest.score.target_dims(params)
         self._target_frames = manifest.score.target_frames(params)
+        self.mode = SCORING_BATCHED
+        self.self_test_ms: float | None = None  # how long the self-test took here (None: not run, or known)
+        self._allocate(batch_size)
+        if batch_size > 1:
+            key = (self.backend, str(model_path), bundle.sha256, use_float, batch_size, num_threads)
+            same = _SELF_TESTS.get(key)
+            if same is None:
+                t0 = time.perf_counter()
+                same = _SELF_TESTS[key] = self._batch_equals_single()
+                self.self_test_ms = (time.perf_counter() - t0) * 1000
+            if not same:
+                self.mode = SCORING_SINGLE
+                self._allocate(1)
+            elif self.batch_size != batch_size:
+                self._allocate(batch_size)
+            self.invokes, self.invoke_seconds = 0, 0.0  # the self-test's calls are not the monitor's
+
+    def _allocate(self, batch_size: int) -> None:
+        """Size the interpreter's input and the scratch buffers for ``batch_size`` windows per call."""
+        params = self.bundle.params
+        self._interp.resize_tensor_input(self._in["index"], [batch_size, self._sizes["input"]])
+        with quiet_native_log():  # LiteRT creates its XNNPACK delegate here, and says so on fd 2
+            self._interp.allocate_tensors()
+        self.batch_size = batch_size
         self._z = np.empty((batch_size, params.window_size), dtype=np.float32)
-        self._x = self._z if self._whole else np.empty((batch_size, sizes["input"]), dtype=np.float32)
-        self._t = self._z if self._whole else np.empty((batch_size, sizes["output"]), dtype=np.float32)
-        self._q = np.empty((batch_size, sizes["input"]), dtype=np.float32 if use_float else np.int8)
+        self._x = self._z if self._whole else np.empty((batch_size, self._sizes["input"]), dtype=np.float32)
+        self._t = self._z if self._whole else np.empty((batch_size, self._sizes["output"]), dtype=np.float32)
+        self._q = np.empty((batch_size, self._sizes["input"]), dtype=np.float32 if self.use_float else np.int8)
+
+    def self_test_windows(self) -> np.ndarray:
+        """The self-test's fixed raw windows: the bundle's mean + std × standard normal (seed 0), float32."""
+        rng = np.random.default_rng(0)
+        noise = rng.standard_normal((SELF_TEST_WINDOWS, self.bundle.params.window_size), dtype=np.float32)
+        return (self.bundle.mean + self.bundle.std * noise).astype(np.float32)
+
+    def _batch_equals_single(self) -> bool:
+        """Window and band errors of the self-test windows in this batch size and one per call: bit-identical?
+        Leaves the interpreter sized for one window."""
+        raw = self.self_test_windows()
+        n_mels = self.bundle.params.n_mels
+        bands_batched = np.empty((len(raw), n_mels), dtype=np.float32)
+        batched = self.errors(raw, band_errors=bands_batched)
+        self._allocate(1)
+        bands_single = np.empty_like(bands_batched)
+        single = self.errors(raw, band_errors=bands_single)
+        return batched.tobytes() == single.tobytes() and bands_batched.tobytes() == bands_single.tobytes()
 
     def standardize(self, raw: np.ndarray, out: np.ndarray) -> np.ndarray:
         """The manifest's standardisation (``edge_monitor.core.manifest.standardize``, shared with training)."""
