@@ -47,7 +47,7 @@ from edge_monitor.node.log import configure
 from edge_monitor.node.ring import RingBuffer
 from edge_monitor.node.settings import MonitorSettings, Settings
 from edge_monitor.node.sinks import NodeSink
-from edge_monitor.node.systemd import Notifier
+from edge_monitor.node.systemd import Notifier, name_thread
 
 log = structlog.get_logger()
 
@@ -122,7 +122,7 @@ class Runner:
         return self._finish_reason if self._stop.is_set() else None
 
     def _run(self) -> None:
-        _name_thread(f"em:{self.name}")
+        name_thread(f"em:{self.name}")
         try:
             self.loop.run(self._stopping)
         except Exception:  # a bug: log it; the watchdog sees a dead thread and systemd restarts us
@@ -148,16 +148,6 @@ class _Reload:
 def _one_line(exc: BaseException) -> str:
     text = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
     return " ".join(text.split())
-
-
-def _name_thread(name: str) -> None:
-    """Name the OS thread (``top -H``, ``/proc/<pid>/task/*/comm``; 15 bytes) — Linux only, best effort."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(15, name.encode()[:15] + b"\0", 0, 0, 0)  # PR_SET_NAME
-    except (OSError, AttributeError):
-        pass
 
 
 @dataclass(frozen=True)

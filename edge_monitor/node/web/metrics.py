@@ -6,6 +6,8 @@ the snapshots of ``live.LiveView``, so the processing threads pay nothing for me
 
 from __future__ import annotations
 
+import math
+
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -48,7 +50,7 @@ class NodeCollector:
             for s in STATES:
                 state.add_metric([view.name, s], 1.0 if snap["state"] == s else 0.0)
             level_dbfs = view.monitor.health.level_dbfs  # -inf for digital silence: Prometheus takes it
-            if level_dbfs == level_dbfs:
+            if not math.isnan(level_dbfs):  # NaN: no level yet
                 level.add_metric(name, level_dbfs)
             if snap["clip_fraction"] is not None:
                 clip.add_metric(name, snap["clip_fraction"])

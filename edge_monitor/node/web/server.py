@@ -32,6 +32,7 @@ import structlog
 
 from edge_monitor.core.errors import UserError
 from edge_monitor.node.labels import VERDICTS, apply_label, find_evidence
+from edge_monitor.node.systemd import name_thread
 from edge_monitor.node.web.live import LiveView
 
 log = structlog.get_logger()
@@ -141,9 +142,7 @@ class WebServer:
             self._thread.join(3)
 
     def _run(self) -> None:
-        from edge_monitor.node.daemon import _name_thread
-
-        _name_thread("em-web")  # top -H, bench/daemon.py: the server's CPU apart from the processing threads
+        name_thread("em-web")  # top -H, bench/daemon.py: the server's CPU apart from the processing threads
         loop = self._loop = asyncio.new_event_loop()
         try:
             self._server = loop.run_until_complete(
